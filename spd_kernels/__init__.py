@@ -1,0 +1,35 @@
+"""spd_kernels: sparse weight formats and block-sparse / unstructured-sparse linear kernels.
+
+>>> import torch, spd_kernels as sk
+>>> W = sk.SparseMatrix.from_dense(torch.randn(64, 96), block=(32, 32))
+>>> y = sk.sparse_linear(torch.randn(5, 96), W, activation="gelu")
+"""
+
+from . import _ext  # noqa: F401  (loads the compiled kernels, warns once if missing)
+from .activations import ACTIVATIONS
+from .backends import (
+    BACKENDS,
+    NoBackendError,
+    available_backends,
+    choose_backend,
+    forced_backend,
+    use_backend,
+)
+from .formats import SparseMatrix
+from .ops import sparse_input_grad, sparse_linear, sparse_weight_grad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "BACKENDS",
+    "NoBackendError",
+    "SparseMatrix",
+    "available_backends",
+    "choose_backend",
+    "forced_backend",
+    "sparse_input_grad",
+    "sparse_linear",
+    "sparse_weight_grad",
+    "use_backend",
+]

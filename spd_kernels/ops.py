@@ -1,0 +1,234 @@
+"""The custom ops of a sparse linear layer and its autograd, registered with ``torch.library``.
+
+=========================  ==========================================  ==================
+op                         computes                                     autograd
+=========================  ==========================================  ==================
+``spd_kernels::dds_t``     ``y = act(x·Wᵀ + b)`` (and ``z = x·Wᵀ + b``)  to x, values, bias
+``spd_kernels::dds``       ``dX = dY·W`` (walks W by its CSC metadata)   --
+``spd_kernels::sdd``       ``dW = (dYᵀ·X)`` at the stored blocks only    --
+=========================  ==========================================  ==================
+
+Each op picks its backend at run time (:mod:`spd_kernels.backends`); each has a fake
+implementation so ``torch.compile(fullgraph=True)`` and ``torch.export`` trace through it.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .activations import NEEDS_PREACT, activation_backward, check_activation
+from .backends import choose_backend
+from .formats import SparseMatrix
+
+
+def _block(values: Tensor) -> Tuple[int, int]:
+    return int(values.shape[1]), int(values.shape[2])
+
+
+def _n(values: Tensor, row_offsets: Tensor) -> int:
+    return (row_offsets.shape[0] - 1) * values.shape[1]
+
+
+def _k(values: Tensor, col_offsets: Tensor) -> int:
+    return (col_offsets.shape[0] - 1) * values.shape[2]
+
+
+# --------------------------------------------------------------------------- dds_t
+@torch.library.custom_op("spd_kernels::dds_t", mutates_args=())
+def dds_t(
+    x: Tensor,
+    values: Tensor,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    block_rows: Tensor,
+    col_offsets: Tensor,
+    row_indices_t: Tensor,
+    perm_t: Tensor,
+    bias: Optional[Tensor],
+    activation: str,
+    save_preact: bool,
+) -> Tuple[Tensor, Tensor]:
+    """Forward: x (M, K), W (N, K) sparse -> (y (M, N), z (M, N) or empty)."""
+    meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
+    backend = choose_backend("dds_t", x.device, x.dtype, _block(values))
+    y, z = backend.dds_t(x, values, meta, bias, activation, save_preact)
+    if not save_preact:
+        z = x.new_empty(0)
+    return y, z
+
+
+@dds_t.register_fake
+def _(
+    x,
+    values,
+    row_offsets,
+    col_indices,
+    block_rows,
+    col_offsets,
+    row_indices_t,
+    perm_t,
+    bias,
+    activation,
+    save_preact,
+):
+    n = _n(values, row_offsets)
+    y = x.new_empty(x.shape[0], n)
+    z = x.new_empty(x.shape[0], n) if save_preact else x.new_empty(0)
+    return y, z
+
+
+# --------------------------------------------------------------------------- dds
+@torch.library.custom_op("spd_kernels::dds", mutates_args=())
+def dds(
+    dy: Tensor,
+    values: Tensor,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    block_rows: Tensor,
+    col_offsets: Tensor,
+    row_indices_t: Tensor,
+    perm_t: Tensor,
+) -> Tensor:
+    """Input grad: dy (M, N), W (N, K) sparse -> dX (M, K) = dy · W."""
+    meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
+    backend = choose_backend("dds", dy.device, dy.dtype, _block(values))
+    return backend.dds(dy, values, meta)
+
+
+@dds.register_fake
+def _(dy, values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t):
+    return dy.new_empty(dy.shape[0], _k(values, col_offsets))
+
+
+# --------------------------------------------------------------------------- sdd
+@torch.library.custom_op("spd_kernels::sdd", mutates_args=())
+def sdd(
+    dy: Tensor,
+    x: Tensor,
+    values: Tensor,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    block_rows: Tensor,
+    col_offsets: Tensor,
+    row_indices_t: Tensor,
+    perm_t: Tensor,
+) -> Tensor:
+    """Weight grad: (dyᵀ · x) sampled at W's stored blocks -> shaped like ``values``."""
+    meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
+    backend = choose_backend("sdd", dy.device, dy.dtype, _block(values))
+    return backend.sdd(dy, x, values, meta)
+
+
+@sdd.register_fake
+def _(dy, x, values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t):
+    return torch.empty_like(values)
+
+
+# --------------------------------------------------------------------------- autograd
+def _setup_context(ctx, inputs, output):
+    (x, values, *meta, bias, activation, save_preact) = inputs
+    y, z = output
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, values, *meta, y, z)
+
+
+def _backward(ctx, grad_y, grad_z):
+    x, values, *rest = ctx.saved_tensors
+    meta, y, z = rest[:6], rest[6], rest[7]
+    needs = ctx.needs_input_grad
+    dz = activation_backward(grad_y, y, z, ctx.activation)
+    if grad_z is not None and z.numel():
+        dz = dz + grad_z
+    dx = dvalues = dbias = None
+    if needs[0]:
+        dx = dds(dz, values, *meta)
+    if needs[1]:
+        dvalues = sdd(dz, x, values, *meta)
+    if ctx.has_bias and needs[8]:
+        dbias = dz.sum(0)
+    return (dx, dvalues, None, None, None, None, None, None, dbias, None, None)
+
+
+dds_t.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public API
+def _check_inputs(x: Tensor, weight: SparseMatrix, bias: Optional[Tensor]) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(weight, SparseMatrix):
+        raise TypeError(f"weight must be a spd_kernels.SparseMatrix, got {type(weight).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating tensor, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError("x must have shape (..., K), got a 0-d tensor")
+    n, k = weight.shape
+    if x.shape[-1] != k:
+        raise ValueError(
+            f"x has {x.shape[-1]} features (last dim of shape {tuple(x.shape)}) "
+            f"but the weight {weight.shape} expects K={k}"
+        )
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but the weight has dtype {weight.dtype}")
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+        if bias.device != x.device:
+            raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias has dtype {bias.dtype} but x has dtype {x.dtype}")
+
+
+def sparse_linear(
+    x: Tensor,
+    weight: SparseMatrix,
+    bias: Optional[Tensor] = None,
+    activation: Optional[str] = None,
+) -> Tensor:
+    """``act(x · Wᵀ + bias)`` for a sparse ``W`` of shape (N, K).
+
+    x: (..., K) floating, same dtype and device as ``weight``; bias: (N,) or None;
+    activation: None/"none", "relu", "gelu" (erf), "gelu_tanh". Returns (..., N).
+    Differentiable w.r.t. ``x``, ``weight.values`` and ``bias``; the weight gradient is
+    computed only at the stored blocks.
+    """
+    _check_inputs(x, weight, bias)
+    activation = check_activation(activation)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, weight.shape[1])
+    save_preact = (
+        activation in NEEDS_PREACT
+        and torch.is_grad_enabled()
+        and (x.requires_grad or weight.values.requires_grad or (bias is not None and bias.requires_grad))
+    )
+    y, _ = dds_t(x2, weight.values, *weight.metadata(), bias, activation, save_preact)
+    return y.reshape(*lead, weight.shape[0])
+
+
+def sparse_input_grad(dy: Tensor, weight: SparseMatrix) -> Tensor:
+    """``dY · W``: (..., N) -> (..., K). The op behind the input gradient, for benchmarks."""
+    lead = dy.shape[:-1]
+    return dds(dy.reshape(-1, weight.shape[0]), weight.values, *weight.metadata()).reshape(
+        *lead, weight.shape[1]
+    )
+
+
+def sparse_weight_grad(dy: Tensor, x: Tensor, weight: SparseMatrix) -> Tensor:
+    """``(dYᵀ · X)`` at the stored blocks of ``weight``, shaped like ``weight.values``."""
+    return sdd(
+        dy.reshape(-1, weight.shape[0]),
+        x.reshape(-1, weight.shape[1]),
+        weight.values,
+        *weight.metadata(),
+    )
+
+
+__all__: List[str] = ["dds_t", "dds", "sdd", "sparse_linear", "sparse_input_grad", "sparse_weight_grad"]

@@ -1,0 +1,35 @@
+"""Shared fixtures and markers. No device query at import time: GPU tests skip by marker."""
+
+import os
+import random
+import shutil
+
+import pytest
+import torch
+
+# tests/ is on sys.path (rootdir conftest), so `import helpers` works from every test module.
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    """Every test starts from the same seeds."""
+    random.seed(0)
+    torch.manual_seed(0)
+    yield 0
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    has_nvcc = shutil.which("nvcc") is not None or os.path.exists("/usr/local/cuda/bin/nvcc")
+    from spd_kernels import _ext
+
+    skip_cuda = pytest.mark.skip(reason="no CUDA device")
+    skip_ext = pytest.mark.skip(reason=f"extension not built ({_ext.IMPORT_ERROR})")
+    skip_nvcc = pytest.mark.skip(reason="nvcc not found")
+    for item in items:
+        if "requires_cuda" in item.keywords and not has_cuda:
+            item.add_marker(skip_cuda)
+        if "requires_ext" in item.keywords and _ext._C is None:
+            item.add_marker(skip_ext)
+        if "requires_nvcc" in item.keywords and not has_nvcc:
+            item.add_marker(skip_nvcc)

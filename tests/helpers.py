@@ -1,0 +1,65 @@
+"""Test helpers: random sparse weights and the float64 dense reference."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+import spd_kernels as sk
+from spd_kernels.activations import apply_activation
+
+SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
+
+
+def random_block_mask(
+    n: int, k: int, block: Tuple[int, int], sparsity: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Element mask (N, K) with round((1 - sparsity) * blocks) whole blocks kept."""
+    bm, bk = block
+    nb = (n // bm) * (k // bk)
+    keep = int(round((1.0 - sparsity) * nb))
+    flat = torch.zeros(nb, dtype=torch.bool)
+    flat[torch.randperm(nb, generator=generator)[:keep]] = True
+    bmask = flat.view(n // bm, k // bk)
+    return bmask.repeat_interleave(bm, 0).repeat_interleave(bk, 1)
+
+
+def random_sparse(
+    n: int, k: int, block=(32, 32), sparsity=0.5, dtype=torch.float32, device="cpu"
+) -> Tuple[sk.SparseMatrix, torch.Tensor]:
+    """(W packed, W dense masked) with random (never zero) values."""
+    w = torch.randn(n, k, dtype=torch.float64)
+    mask = random_block_mask(n, k, block, sparsity)
+    dense = torch.where(mask, w, torch.zeros(()))
+    W = sk.SparseMatrix.from_dense(dense.to(dtype), mask=mask, block=block).to(device)
+    return W, dense.to(dtype).to(device)
+
+
+def ref_linear(x, dense_w, bias=None, activation=None):
+    """float64 act(x·Wᵀ + b) and its pre-activation."""
+    z = x.double() @ dense_w.double().t()
+    if bias is not None:
+        z = z + bias.double()
+    return apply_activation(z, activation or "none"), z
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.numel() == 0:
+        return 0.0
+    return (a.double() - b.double()).abs().max().item()
+
+
+def assert_close_to_ref(out, ref64, same_dtype_baseline, what="output", factor=2.0):
+    """flash-attention's rule: error vs float64 <= factor x the error of the same-dtype dense
+    product (plus a floor of a few ulps of the result's scale)."""
+    assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
+    assert torch.isfinite(out).all() == torch.isfinite(ref64).all(), f"{what}: non-finite mismatch"
+    if out.numel() == 0:
+        return
+    err = max_err(out, ref64)
+    base = max_err(same_dtype_baseline, ref64)
+    scale = ref64.abs().max().item() + 1.0
+    eps = torch.finfo(out.dtype).eps
+    bound = factor * base + 8 * eps * scale
+    assert err <= bound, f"{what}: error {err:.3e} > bound {bound:.3e} (dense same-dtype {base:.3e})"
