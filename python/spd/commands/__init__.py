@@ -1,0 +1,1 @@
+"""Subcommands of ``spd``: one module each (see :mod:`spd.cli`)."""
