@@ -61,11 +61,13 @@ class SparseLinear(nn.Module):
         if not isinstance(nnz_blocks, int) or not 0 <= nnz_blocks <= nbr * nbc:
             raise ValueError(f"nnz_blocks must be an int in [0, {nbr * nbc}], got {nnz_blocks!r}")
         dtype = dtype or torch.get_default_dtype()
-        flags = (torch.arange(nbr * nbc, device=device) < nnz_blocks).view(nbr, nbc)
+        # the first nnz_blocks blocks in row-major order, built without a dense weight
+        idx = dict(dtype=INDEX_DTYPE, device=device)
+        row_offsets = torch.clamp(torch.arange(nbr + 1, **idx) * nbc, max=nnz_blocks).to(INDEX_DTYPE)
+        col_indices = torch.arange(nnz_blocks, **idx) % max(nbc, 1)
         bound = 1.0 / math.sqrt(self.in_features) if self.in_features else 0.0
-        dense = torch.empty(self.out_features, self.in_features, device=device, dtype=dtype)
-        dense.uniform_(-bound, bound)
-        self._set_pattern(SparseMatrix.from_dense(dense, mask=flags, block=self.block))
+        values = torch.empty(nnz_blocks, *self.block, device=device, dtype=dtype).uniform_(-bound, bound)
+        self._set_pattern(SparseMatrix(values, row_offsets, col_indices, (self.out_features, self.in_features)))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype))
             with torch.no_grad():
