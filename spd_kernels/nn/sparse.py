@@ -67,7 +67,8 @@ class SparseLinear(nn.Module):
         col_indices = torch.arange(nnz_blocks, **idx) % max(nbc, 1)
         bound = 1.0 / math.sqrt(self.in_features) if self.in_features else 0.0
         values = torch.empty(nnz_blocks, *self.block, device=device, dtype=dtype).uniform_(-bound, bound)
-        self._set_pattern(SparseMatrix(values, row_offsets, col_indices, (self.out_features, self.in_features)))
+        shape = (self.out_features, self.in_features)
+        self._set_pattern(SparseMatrix(values, row_offsets, col_indices, shape))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype))
             with torch.no_grad():
