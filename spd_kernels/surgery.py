@@ -366,10 +366,11 @@ def sparse_layers(model: nn.Module) -> Dict[str, nn.Module]:
 
 
 def size_report(model: nn.Module) -> Dict[str, dict]:
-    """Per sparse layer: ``density`` and the bytes of its dense weight, of its packed values
-    and index arrays (what an exported model stores); plus a ``"total"`` entry."""
+    """Per sparse layer: ``density`` and the bytes of its dense weight, of its packed values,
+    of its saved index arrays (``index``) and of every index array it holds in memory
+    (``index_in_memory``, with the transposed metadata); plus a ``"total"`` entry."""
     out: Dict[str, dict] = {}
-    total = {"dense": 0, "values": 0, "index": 0}
+    total = {"dense": 0, "values": 0, "index": 0, "index_in_memory": 0}
     for name, m in sparse_layers(model).items():
         if isinstance(m, MaskedLinear):
             m = SparseLinear.from_masked(m)

@@ -1,10 +1,11 @@
 """SparseLinear: a linear layer whose weight is stored packed (``sk.SparseMatrix``).
 
 The pattern is fixed; its stored values are the trainable parameter ``values``
-(nnz_blocks, bm, bk) and its index arrays are buffers, so ``.to()``, ``state_dict()`` and
-``load_state_dict()`` carry the whole layer. Bias and an activation run in the kernel's
-epilogue: ``y = act(x · Wᵀ + b)``. Used for inference and for fine-tuning on a fixed pattern
-(stage 3 of SPD).
+(nnz_blocks, bm, bk) and its int32 index arrays are buffers, so ``.to()``, ``state_dict()`` and
+``load_state_dict()`` carry the whole layer. The state dict holds ``values``, ``bias``,
+``row_offsets`` and ``col_indices`` only; the transposed metadata is rebuilt on load. Bias and
+an activation run in the kernel's epilogue: ``y = act(x · Wᵀ + b)``. Used for inference and for
+fine-tuning on a fixed pattern (stage 3 of SPD).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from ..ops import sparse_linear
 from .crossover import layout_name
 from .masked import MaskedLinear
 
-_META_NAMES = ("row_offsets", "col_indices", "block_rows", "col_offsets", "row_indices_t", "perm_t")
+# Saved: the CSR-of-blocks arrays. Derived (rebuilt on load, so files carry no duplicate index
+# data): the COO rows and the transposed (CSC) metadata the input gradient walks.
+_STORED = ("row_offsets", "col_indices")
+_DERIVED = ("block_rows", "col_offsets", "row_indices_t", "perm_t")
+_META_NAMES = _STORED + _DERIVED
 
 
 class SparseLinear(nn.Module):
@@ -85,7 +90,7 @@ class SparseLinear(nn.Module):
             )
         self.values = nn.Parameter(weight.values.detach().clone())
         for name, t in zip(_META_NAMES, weight.metadata()):
-            self.register_buffer(name, t.detach().clone())
+            self.register_buffer(name, t.detach().clone(), persistent=name in _STORED)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -181,15 +186,24 @@ class SparseLinear(nn.Module):
         return sparse_linear(x, self.weight, self.bias, self.activation)
 
     def storage_bytes(self) -> dict:
-        """Bytes of the stored values, of the index arrays, and of the dense weight it replaces."""
+        """Bytes of the packed values, of the saved index arrays (row offsets + column
+        indices), of every index array held in memory, and of the dense weight it replaces."""
+
+        def nbytes(names):
+            return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in names)
+
         values = self.values.numel() * self.values.element_size()
-        index = sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in _META_NAMES)
         dense = self.out_features * self.in_features * self.values.element_size()
-        return {"values": values, "index": index, "dense": dense}
+        return {
+            "values": values,
+            "index": nbytes(_STORED),
+            "index_in_memory": nbytes(_META_NAMES),
+            "dense": dense,
+        }
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A state of another pattern: resize our tensors to it first (validated after loading).
-        for name in ("values", *_META_NAMES):
+        for name in ("values", *_STORED):
             incoming = state_dict.get(prefix + name)
             current = getattr(self, name)
             if isinstance(incoming, Tensor) and incoming.shape != current.shape:
@@ -214,21 +228,18 @@ def _validate_after_load(module: SparseLinear, incompatible_keys) -> None:
             f"loaded SparseLinear values have blocks {tuple(module.values.shape[1:])}, "
             f"the layer has block {module.block}"
         )
-    for name in _META_NAMES:
-        t = getattr(module, name)
-        if t.dtype != INDEX_DTYPE:
-            raise ValueError(f"SparseLinear {name} must have dtype {INDEX_DTYPE}, got {t.dtype}")
     try:
-        SparseMatrix(
+        weight = SparseMatrix(
             module.values.detach(),
             module.row_offsets,
             module.col_indices,
             (module.out_features, module.in_features),
-            transposed=(module.block_rows, module.col_offsets, module.row_indices_t, module.perm_t),
             validate=True,
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"loaded SparseLinear pattern is invalid: {exc}") from exc
+    for name, t in zip(_DERIVED, weight.metadata()[2:]):
+        setattr(module, name, t)
 
 
 class FusedActivation(nn.Module):
