@@ -15,19 +15,35 @@ from .backends import (
     forced_backend,
     use_backend,
 )
+from .checkpoint import SaveReport, load_pruned, save_pretrained, save_pruned
 from .formats import SparseMatrix
+from .nn import MaskedLinear, SparseLinear
 from .ops import sparse_input_grad, sparse_linear, sparse_weight_grad
+from .surgery import SparsityConfig, densify, export, set_masks, size_report, sparsify, sparsity_config
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
+    "MaskedLinear",
     "NoBackendError",
+    "SaveReport",
+    "SparseLinear",
     "SparseMatrix",
+    "SparsityConfig",
     "available_backends",
     "choose_backend",
+    "densify",
+    "export",
     "forced_backend",
+    "load_pruned",
+    "save_pretrained",
+    "save_pruned",
+    "set_masks",
+    "size_report",
+    "sparsify",
+    "sparsity_config",
     "sparse_input_grad",
     "sparse_linear",
     "sparse_weight_grad",

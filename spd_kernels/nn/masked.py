@@ -11,6 +11,23 @@ Two kinds of mask combine in the forward pass:
   :attr:`threshold`). The effective mask is ``binarizer(scores) & mask``.
 
 Granularity is the ``block`` shape: ``(1, 1)`` element-wise, ``(32, 32)`` whole blocks.
+
+Two ways to compute the product (``extra_repr`` says which one a call takes now):
+
+* ``path=dense-masked``: ``F.linear(x, W ⊙ M, b)``. Always right; the only path while the
+  scores are trained (the pattern changes every step and the scores need a gradient at every
+  position).
+* ``path=sparse(<layout>)``: ``sk.sparse_linear`` on the pattern packed from the effective
+  mask (``block`` granularity -> BSR of that block, ``(1, 1)`` -> CSR). The pattern is packed
+  once per mask change (cached, keyed by a mask version counter); every call gathers the stored
+  values from ``weight`` differentiably, so the weight gradient of the kernels (computed at the
+  stored positions only) lands in ``weight.grad`` and the optimizer keeps updating ``weight``.
+  Without autograd (``no_grad``/``inference_mode``) the gathered values are cached as well,
+  until ``weight`` changes.
+
+``sparse_path`` chooses: ``"never"``; ``"always"`` (whenever the pattern is fixed for the
+call); ``"auto"`` (fixed pattern and density below the crossover measured for the backend,
+layout and kind of call in :mod:`spd_kernels.nn.crossover`).
 """
 
 from __future__ import annotations
@@ -22,10 +39,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..backends import NoBackendError, choose_backend
 from ..formats import _check_block, _check_divisible
+from ..ops import sparse_linear
+from . import packing
 from .binarizers import BINARIZERS, topk_mask
+from .crossover import crossover_density, layout_name
 
 SCORE_MODES = (None, "topk", "threshold", "sigmoid_threshold")
+SPARSE_PATHS = ("auto", "never", "always")
+DENSE_PATH = "dense-masked"
+
+
+def check_sparse_path(sparse_path: str) -> str:
+    if sparse_path not in SPARSE_PATHS:
+        raise ValueError(f"sparse_path must be one of {SPARSE_PATHS}, got {sparse_path!r}")
+    return sparse_path
+
+
+def _version(t: Tensor) -> int:
+    # inference tensors (a module built under inference_mode) keep no version counter
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def expand_block_mask(block_mask: Tensor, block: Tuple[int, int]) -> Tensor:
@@ -58,6 +95,11 @@ class MaskedLinear(nn.Linear):
             ``"sigmoid_threshold"``; adds a learnable ``scores`` parameter of shape
             (N/bm, K/bk).
         score_init: initial value of the scores (nn_pruning uses a constant).
+        sparse_path: ``"auto"`` | ``"never"`` | ``"always"`` (see the module docstring).
+
+    ``last_path`` is the path the latest eager forward took (``"dense-masked"`` or
+    ``"sparse(<layout>)"``). Freezing the scores (``scores.requires_grad_(False)``) fixes the
+    pattern, so the sparse path becomes possible.
     """
 
     def __init__(
@@ -69,6 +111,7 @@ class MaskedLinear(nn.Linear):
         block: Union[int, Sequence[int]] = (1, 1),
         scores: Optional[str] = None,
         score_init: float = 0.0,
+        sparse_path: str = "auto",
         device=None,
         dtype=None,
     ) -> None:
@@ -78,6 +121,7 @@ class MaskedLinear(nn.Linear):
         if scores not in SCORE_MODES:
             raise ValueError(f"scores must be one of {SCORE_MODES}, got {scores!r}")
         self.score_mode = scores
+        self.sparse_path = check_sparse_path(sparse_path)
         self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool, device=device))
         if scores is not None:
             nb = (out_features // self.block[0], in_features // self.block[1])
@@ -89,6 +133,11 @@ class MaskedLinear(nn.Linear):
         # targets read by the binarizers; set by the pruning schedule
         self.density: float = 1.0
         self.threshold: float = 0.0
+        # set_mask bumps the counter; the packed pattern is rebuilt only when its key changes
+        self._mask_version = 0
+        self._packed: Optional[Tuple[tuple, packing.PackedPattern]] = None
+        self._values_cache: Optional[Tuple[tuple, Tensor]] = None
+        self.last_path: Optional[str] = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -100,6 +149,7 @@ class MaskedLinear(nn.Linear):
         scores: Optional[str] = None,
         score_init: float = 0.0,
         mask: Optional[Tensor] = None,
+        sparse_path: str = "auto",
     ) -> "MaskedLinear":
         """Wrap an existing ``nn.Linear`` (weights shared by copy, same device/dtype)."""
         if not isinstance(linear, nn.Linear):
@@ -112,6 +162,7 @@ class MaskedLinear(nn.Linear):
             block=block,
             scores=scores,
             score_init=score_init,
+            sparse_path=sparse_path,
             device=w.device,
             dtype=w.dtype,
         )
@@ -163,6 +214,11 @@ class MaskedLinear(nn.Linear):
         if not allow_regrow:
             new = new & self.mask
         self.mask.copy_(new)
+        self._mask_version += 1
+
+    def update_mask(self, mask: Tensor, allow_regrow: bool = False) -> None:
+        """Alias of :meth:`set_mask`."""
+        self.set_mask(mask, allow_regrow=allow_regrow)
 
     @torch.no_grad()
     def prune_magnitude(self, density: float) -> None:
@@ -194,7 +250,90 @@ class MaskedLinear(nn.Linear):
             m = self.effective_mask()
             return float(m.float().mean()) if m.numel() else 0.0
 
+    # ------------------------------------------------------------------ sparse path
+    def _pattern_key(self) -> tuple:
+        # set_mask bumps _mask_version; _version/data_ptr also catch in-place edits of the
+        # buffers (load_state_dict, direct writes) and moves to another device.
+        key: tuple = (self._mask_version, _version(self.mask), self.mask.data_ptr(), self.block)
+        if self.scores is not None:
+            arg = self.density if self.score_mode == "topk" else self.threshold
+            key += (_version(self.scores), self.scores.data_ptr(), self.score_mode, float(arg))
+        return key
+
+    def packed_pattern(self) -> packing.PackedPattern:
+        """The effective mask packed at ``block`` granularity; packed once, then cached until
+        the mask (or the frozen scores, or their density/threshold target) changes."""
+        key = self._pattern_key()
+        if self._packed is None or self._packed[0] != key:
+            with torch.no_grad():
+                m = self.effective_mask()
+                m = m if m.dtype == torch.bool else m != 0
+            self._packed = (key, packing.pack_pattern(m, self.block))
+            self._values_cache = None
+        return self._packed[1]
+
+    def _mode(self, x: Optional[Tensor]) -> str:
+        needs = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        needs = needs or (x is not None and x.requires_grad)
+        return "train" if torch.is_grad_enabled() and needs else "infer"
+
+    def sparse_path_reason(self, device: torch.device, dtype: torch.dtype, mode: str) -> Optional[str]:
+        """None when a call on ``device``/``dtype`` (``mode`` "train" or "infer") takes the
+        sparse path, else the reason it computes the dense masked product."""
+        if self.sparse_path == "never":
+            return "sparse_path='never'"
+        if self.scores is not None and self.scores.requires_grad and torch.is_grad_enabled():
+            return "the scores are trained (the pattern changes every step)"
+        if torch.compiler.is_compiling():
+            return "under torch.compile (export to SparseLinear to compile the sparse kernels)"
+        if dtype != self.weight.dtype or torch.is_autocast_enabled(device.type):
+            return f"input dtype {dtype} differs from the weight's {self.weight.dtype} (or autocast)"
+        if self.sparse_path == "always":
+            return None
+        try:
+            backend = choose_backend("dds_t", device, dtype, self.block).name
+        except NoBackendError:
+            return "no backend can run the sparse product"
+        limit = crossover_density(backend, self.block, mode)
+        if limit <= 0.0:
+            return f"no measured crossover for backend {backend!r}, layout {layout_name(self.block)}"
+        density = self.packed_pattern().density
+        if density >= limit:
+            return f"density {density:.3f} is not below the {backend} crossover {limit:.3f}"
+        return None
+
+    def current_path(self) -> str:
+        """The path a call with an input of the weight's dtype and device would take now,
+        under the current grad mode: ``"dense-masked"`` or ``"sparse(<layout>)"``."""
+        reason = self.sparse_path_reason(self.weight.device, self.weight.dtype, self._mode(None))
+        return DENSE_PATH if reason is not None else f"sparse({layout_name(self.block)})"
+
+    def _sparse_forward(self, x: Tensor) -> Tensor:
+        pattern = self.packed_pattern()
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            values = pattern.gather(self.weight)
+        else:
+            # no autograd to the weight: reuse the gathered values until the weight changes
+            key = (self._packed[0], _version(self.weight), self.weight.data_ptr(), self.weight.dtype)
+            if self._values_cache is None or self._values_cache[0] != key:
+                with torch.inference_mode(False), torch.no_grad():
+                    self._values_cache = (key, pattern.gather(self.weight).contiguous())
+            values = self._values_cache[1]
+        return sparse_linear(x, pattern.matrix(values), self.bias)
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() replace the tensors: drop what was packed from the old ones
+        self._packed = None
+        self._values_cache = None
+        return super()._apply(fn, recurse)
+
     def forward(self, x: Tensor) -> Tensor:
+        compiling = torch.compiler.is_compiling()
+        if not compiling and isinstance(x, Tensor):
+            if self.sparse_path_reason(x.device, x.dtype, self._mode(x)) is None:
+                self.last_path = f"sparse({layout_name(self.block)})"
+                return self._sparse_forward(x)
+            self.last_path = DENSE_PATH
         m = self.effective_mask()
         w = self.weight * m.to(self.weight.dtype)
         return F.linear(x, w, self.bias)
@@ -204,4 +343,6 @@ class MaskedLinear(nn.Linear):
         s += f", block={self.block}, density={self.weight_density:.3f}"
         if self.score_mode:
             s += f", scores={self.score_mode!r}"
-        return s
+        if self.sparse_path != "auto":
+            s += f", sparse_path={self.sparse_path!r}"
+        return s + f", path={self.current_path()}"

@@ -1,0 +1,178 @@
+"""Measure where MaskedLinear's sparse path beats its dense masked product, and write the table.
+
+For every backend that can run here (or those named with --backends), every layout (CSR and
+BSR 16/32/64) and the encoder shapes of MiniLM/BERT, it times the dense masked product and the
+sparse kernels at rising densities, forward + backward ("train") and forward only under
+inference_mode ("infer"). The crossover of a (backend, layout, mode) is the density where the
+sparse/dense time ratio crosses 1 (linear interpolation between the last density the sparse
+path wins and the first it loses), the minimum over the shapes. It writes
+
+* ``spd_kernels/nn/_crossover_table.py`` (the table MaskedLinear's ``sparse_path="auto"`` reads),
+* ``benchmarks/results/crossover.csv`` (every timing, long format).
+
+Re-run it whenever a backend's kernels change:
+
+    python benchmarks/bench_crossover.py                # 2 threads, 2048 tokens
+    python benchmarks/bench_crossover.py --quick --no-write   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pprint
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = ROOT / "spd_kernels" / "nn" / "_crossover_table.py"
+LAYOUTS = {"csr": (1, 1), "bsr16": (16, 16), "bsr32": (32, 32), "bsr64": (64, 64)}
+SHAPES = [(384, 384), (1536, 384), (384, 1536)]  # (N, K): attention, FFN in, FFN out
+DENSITIES = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=2048, help="M = batch x sequence rows of x")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--backends", default="", help="comma list (default: every backend that runs on CPU)")
+    p.add_argument("--layouts", default=",".join(LAYOUTS))
+    p.add_argument("--quick", action="store_true", help="one shape, 4 densities, 2 reps")
+    p.add_argument("--no-write", action="store_true", help="print the table, write neither file")
+    p.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "crossover.csv")
+    return p.parse_args(argv)
+
+
+def crossing(points):
+    """points: [(density, sparse_time / dense_time)] in rising density -> crossover density."""
+    last_win = None
+    for d, ratio in points:
+        if ratio >= 1.0:
+            if last_win is None:
+                return 0.0
+            d0, r0 = last_win
+            return round(d0 + (1.0 - r0) * (d - d0) / (ratio - r0), 4)
+        last_win = (d, ratio)
+    return 1.0 if last_win is not None else 0.0
+
+
+def format_table(table) -> str:
+    """The table as Python source in the project's format (one backend/layout per line)."""
+    lines = ["CROSSOVER = {"]
+    for backend, layouts in sorted(table.items()):
+        lines.append(f'    "{backend}": {{')
+        for layout, modes in sorted(layouts.items()):
+            inner = ", ".join(f'"{m}": {float(v)!r}' for m, v in sorted(modes.items()))
+            lines.append(f'        "{layout}": {{{inner}}},')
+        lines.append("    },")
+    lines.append("}")
+    return "\n".join(lines) + "\n" if table else "CROSSOVER = {}\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from layer_timing import machine_line, measure, timestamp, versions, write_csv
+
+    import spd_kernels as sk
+    from spd_kernels.nn import MaskedLinear
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    densities = [0.05, 0.1, 0.3, 0.6] if args.quick else DENSITIES
+    reps = 2 if args.quick else args.reps
+    cpu = torch.device("cpu")
+    wanted = [b for b in args.backends.split(",") if b] or [
+        name
+        for name, b in sk.BACKENDS.items()
+        if not b.not_supported_reasons("dds_t", cpu, torch.float32, (32, 32))
+    ]
+    layouts = [name for name in args.layouts.split(",") if name]
+    unknown = [name for name in layouts if name not in LAYOUTS]
+    if unknown:
+        raise SystemExit(f"unknown layouts {unknown}; known: {sorted(LAYOUTS)}")
+    machine = machine_line()
+    print(f"# {machine}\n# backends {wanted}, tokens {args.tokens}, reps {reps}")
+    rows, table = [], {}
+    stamp = timestamp()
+    for backend in wanted:
+        for layout in layouts:
+            block = LAYOUTS[layout]
+            if sk.BACKENDS[backend].not_supported_reasons("dds_t", cpu, torch.float32, block):
+                print(f"{backend:>10} {layout:>6}: cannot run, skipped")
+                continue
+            crossings = {"train": [], "infer": []}
+            for n, k in shapes:
+                x = torch.randn(args.tokens, k, requires_grad=True)  # dX is part of a training step
+                gy = torch.randn(args.tokens, n)
+                for mode in ("train", "infer"):
+                    points = []
+                    for density in densities:
+                        layer = MaskedLinear(k, n, block=block)
+                        nb = (n // block[0]) * (k // block[1])
+                        flags = torch.zeros(nb, dtype=torch.bool)
+                        flags[torch.randperm(nb)[: max(1, round(density * nb))]] = True
+                        layer.set_mask(flags.view(n // block[0], k // block[1]), allow_regrow=True)
+                        times = {}
+                        for path in ("never", "always"):
+                            layer.sparse_path = path
+
+                            def train_step():
+                                layer.weight.grad = x.grad = None
+                                layer(x).backward(gy)
+
+                            def infer_step():
+                                with torch.inference_mode():
+                                    layer(x)
+
+                            with sk.use_backend(backend):
+                                t = measure(train_step if mode == "train" else infer_step, args.warmup, reps)
+                            times[path] = t
+                            rows.append(
+                                dict(
+                                    op=f"masked_linear_{mode}",
+                                    backend=backend if path == "always" else "dense",
+                                    shape=f"{args.tokens}x{k}->{n}", sparsity=round(1 - density, 4),
+                                    block=f"{block[0]}x{block[1]}", dtype="float32", metric="seconds",
+                                    device=machine, versions=versions(), timestamp=stamp, **t,
+                                )
+                            )  # fmt: skip
+                        ratio = times["always"]["p50"] / times["never"]["p50"]
+                        points.append((density, ratio))
+                        dense_ms, sparse_ms = times["never"]["p50"] * 1e3, times["always"]["p50"] * 1e3
+                        print(
+                            f"{backend:>10} {layout:>6} {mode:>5} N={n:<5} K={k:<5} density {density:<5} "
+                            f"dense {dense_ms:8.2f} ms  sparse {sparse_ms:8.2f} ms  ratio {ratio:6.2f}",
+                            flush=True,
+                        )
+                        if ratio >= 1.0:  # denser only gets worse for the sparse path
+                            break
+                    crossings[mode].append(crossing(points))
+            table.setdefault(backend, {})[layout] = {mode: min(v) for mode, v in crossings.items()}
+    print("\nCROSSOVER = ", end="")
+    pprint.pprint(table)
+    if args.no_write:
+        return 0
+    write_csv(args.csv, rows)
+    cmd = "python benchmarks/bench_crossover.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = [
+        "Generated by benchmarks/bench_crossover.py -- do not edit by hand; re-run the script.",
+        *(f"machine: {part}" for part in machine.split("; ")),
+        f"command: {cmd.strip()}",
+        f"date: {stamp}; tokens {args.tokens}; shapes (N, K) {shapes}",
+        "backend -> layout -> mode -> density below which the sparse path is faster",
+    ]
+    TABLE.write_text("".join(f"# {line}\n" for line in header) + format_table(table))
+    print(f"wrote {TABLE.relative_to(ROOT)} and {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

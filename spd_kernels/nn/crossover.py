@@ -1,0 +1,45 @@
+"""Where the sparse kernels start to beat the dense masked product: one table, one lookup.
+
+:class:`~spd_kernels.nn.MaskedLinear` (with ``sparse_path="auto"``) computes through the sparse
+kernels only when the density of its pattern is *below* the crossover measured for the backend
+that would run the call, the layout of the pattern and the kind of call:
+
+* ``"train"``: forward + backward (the weight needs a gradient),
+* ``"infer"``: forward only (no autograd).
+
+The numbers live in :mod:`spd_kernels.nn._crossover_table`, a file written by
+``python benchmarks/bench_crossover.py`` (it records the machine and the command it came from).
+A backend, layout or mode missing from the table has crossover 0: ``auto`` stays dense there.
+Re-measure whenever a backend's kernels change.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from . import _crossover_table
+
+MODES = ("train", "infer")
+
+
+def layout_name(block: Tuple[int, int]) -> str:
+    """``(1, 1)`` -> ``"csr"``, ``(32, 32)`` -> ``"bsr32"``, ``(16, 32)`` -> ``"bsr16x32"``."""
+    bm, bk = int(block[0]), int(block[1])
+    if (bm, bk) == (1, 1):
+        return "csr"
+    return f"bsr{bm}" if bm == bk else f"bsr{bm}x{bk}"
+
+
+def crossover_table() -> Dict[str, Dict[str, Dict[str, float]]]:
+    """backend -> layout -> mode -> density below which the sparse path is faster."""
+    return _crossover_table.CROSSOVER
+
+
+def crossover_density(backend: str, block: Tuple[int, int], mode: str) -> float:
+    """The crossover density for ``backend`` on ``block``'s layout (0.0 when not measured)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return float(_crossover_table.CROSSOVER.get(backend, {}).get(layout_name(block), {}).get(mode, 0.0))
+
+
+__all__ = ["MODES", "crossover_density", "crossover_table", "layout_name"]

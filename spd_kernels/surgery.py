@@ -1,0 +1,401 @@
+"""Model surgery for Hugging Face encoders: sparsify, densify, export.
+
+* :func:`sparsify` replaces the chosen ``nn.Linear`` modules by :class:`MaskedLinear`
+  (a per-architecture table of module names, or the user's names / regex).
+* :func:`export` turns every ``MaskedLinear`` into a packed :class:`SparseLinear` and fuses
+  the FFN's first linear with its activation (the GELU then runs in the kernel epilogue).
+* :func:`densify` undoes both: plain ``nn.Linear`` with the masked weights baked in.
+
+All three work in place and return the model. Nothing here imports ``transformers``: models
+are recognised by ``model.config.model_type``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .formats import _check_block
+from .nn.masked import SCORE_MODES, MaskedLinear, check_sparse_path
+from .nn.sparse import FusedActivation, SparseLinear
+
+CONFIG_ATTR = "_spd_sparsity_config"
+_LAYER = r"(?:.+\.)?encoder\.layer\.\d+\."
+_DISTIL_LAYER = r"(?:.+\.)?transformer\.layer\.\d+\."
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Inside a module whose name matches ``parent``, ``parent.<linear>`` is followed by
+    ``parent.<activation>`` and by nothing else, so the activation can move into its epilogue."""
+
+    parent: str
+    linear: str
+    activation: str
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Which linears of an architecture to prune (full-match regexes on module names)."""
+
+    encoder: Tuple[str, ...]
+    head: Tuple[str, ...]
+    fusions: Tuple[Fusion, ...]
+
+
+_BERT_LIKE = ArchSpec(
+    encoder=(
+        _LAYER + r"attention\.self\.(?:query|key|value)",
+        _LAYER + r"attention\.output\.dense",
+        _LAYER + r"intermediate\.dense",
+        _LAYER + r"output\.dense",
+    ),
+    head=(
+        r"(?:.+\.)?pooler\.dense",
+        r"classifier",
+        r"classifier\.dense",
+        r"classifier\.out_proj",
+        r"qa_outputs",
+    ),
+    fusions=(Fusion(_LAYER + "intermediate", "dense", "intermediate_act_fn"),),
+)
+
+#: model_type -> module names to prune. MiniLM checkpoints are ``bert``.
+ARCHITECTURES: Dict[str, ArchSpec] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "distilbert": ArchSpec(
+        encoder=(
+            _DISTIL_LAYER + r"attention\.(?:q_lin|k_lin|v_lin|out_lin)",
+            _DISTIL_LAYER + r"ffn\.(?:lin1|lin2)",
+        ),
+        head=(r"pre_classifier", r"classifier", r"qa_outputs"),
+        fusions=(Fusion(_DISTIL_LAYER + "ffn", "lin1", "activation"),),
+    ),
+}
+
+
+@dataclass
+class SparsityConfig:
+    """How :func:`sparsify` turns a model's linears into :class:`MaskedLinear` (saved as JSON)."""
+
+    block: Tuple[int, int] = field(
+        default=(1, 1), metadata={"help": "mask granularity (bm, bk); (1, 1) = unstructured"}
+    )
+    scores: Optional[str] = field(
+        default=None,
+        metadata={"help": "movement scores: None, 'topk', 'threshold' or 'sigmoid_threshold'"},
+    )
+    score_init: float = field(default=0.0, metadata={"help": "initial value of the scores"})
+    density: float = field(
+        default=1.0, metadata={"help": "magnitude-prune each layer to this density at once (1 = keep all)"}
+    )
+    modules: Optional[List[str]] = field(
+        default=None, metadata={"help": "exact module names to prune (replaces the architecture table)"}
+    )
+    pattern: Optional[str] = field(
+        default=None,
+        metadata={"help": "regex, full match on module names, of the linears to prune (replaces the table)"},
+    )
+    include_head: bool = field(
+        default=False, metadata={"help": "also prune the pooler / classifier (architecture table only)"}
+    )
+    sparse_path: str = field(
+        default="auto", metadata={"help": "MaskedLinear.sparse_path: 'auto', 'never' or 'always'"}
+    )
+
+    def __post_init__(self) -> None:
+        self.block = _check_block(tuple(self.block) if isinstance(self.block, list) else self.block)
+        if self.scores not in SCORE_MODES:
+            raise ValueError(f"scores must be one of {SCORE_MODES}, got {self.scores!r}")
+        if not 0.0 <= float(self.density) <= 1.0:
+            raise ValueError(f"density must lie in [0, 1], got {self.density!r}")
+        check_sparse_path(self.sparse_path)
+        if self.modules is not None:
+            if isinstance(self.modules, str) or not all(isinstance(m, str) for m in self.modules):
+                raise TypeError(f"modules must be a list of module names, got {self.modules!r}")
+            self.modules = list(self.modules)
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["block"] = list(self.block)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "SparsityConfig":
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a sparsity config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown sparsity config keys {unknown}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SparsityConfig":
+        return cls.from_dict(json.loads(text))
+
+
+# ---------------------------------------------------------------------- helpers
+def model_type_of(model: nn.Module) -> Optional[str]:
+    """``model.config.model_type`` of a Hugging Face model, else None."""
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def sparsity_config(model: nn.Module) -> Optional[SparsityConfig]:
+    """The config :func:`sparsify` applied to ``model`` (None if it was not sparsified)."""
+    return getattr(model, CONFIG_ATTR, None)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    new.train(old.training)
+    setattr(parent, attr, new)
+
+
+def _linear_names(model: nn.Module) -> List[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def target_patterns(model: nn.Module, config: SparsityConfig) -> List[str]:
+    """The regexes (full match) :func:`sparsify` looks for in ``model`` under ``config``."""
+    if config.pattern is not None:
+        return [config.pattern]
+    if config.modules is not None:
+        return [re.escape(m) for m in config.modules]
+    mt = model_type_of(model)
+    spec = ARCHITECTURES.get(mt) if mt is not None else None
+    if spec is None:
+        raise ValueError(
+            f"no module-name table for {type(model).__name__} (model_type={mt!r}); known model "
+            f"types: {sorted(ARCHITECTURES)}. Pass SparsityConfig(modules=[...]) or pattern=..."
+        )
+    return list(spec.encoder + (spec.head if config.include_head else ()))
+
+
+def find_targets(model: nn.Module, config: SparsityConfig) -> List[str]:
+    """Names of the ``nn.Linear`` modules that :func:`sparsify` would replace."""
+    patterns = target_patterns(model, config)
+    linears = _linear_names(model)
+    if config.modules is not None:
+        all_names = dict(model.named_modules())
+        for name in config.modules:
+            if name not in all_names:
+                raise ValueError(
+                    f"module {name!r} is not in {type(model).__name__}; linear layers: {_few(linears)}"
+                )
+            if not isinstance(all_names[name], nn.Linear):
+                raise ValueError(f"module {name!r} is a {type(all_names[name]).__name__}, not an nn.Linear")
+    compiled = [re.compile(p) for p in patterns]
+    found = [n for n in linears if any(c.fullmatch(n) for c in compiled)]
+    if not found:
+        raise ValueError(
+            f"no nn.Linear of {type(model).__name__} matches the patterns {patterns}; "
+            f"linear layers seen: {_few(linears)}"
+        )
+    return found
+
+
+def _few(names: Sequence[str], n: int = 8) -> str:
+    shown = ", ".join(repr(x) for x in names[:n])
+    return f"[{shown}{', ...' if len(names) > n else ''}] ({len(names)} in all)"
+
+
+# ---------------------------------------------------------------------- sparsify
+def sparsify(
+    model: nn.Module,
+    config: Optional[SparsityConfig] = None,
+    *,
+    masks: Optional[Mapping[str, Tensor]] = None,
+    **overrides,
+) -> nn.Module:
+    """Replace the chosen ``nn.Linear`` modules of ``model`` by :class:`MaskedLinear` (in place).
+
+    ``config`` (or keyword overrides of its fields, e.g. ``block=32``) says which layers and how;
+    ``masks`` maps module names to initial bool masks ((N, K) or block grid). Every layer is
+    checked before any is replaced: a block that does not divide a layer, a mask of the wrong
+    shape, or a model with no matching layer raises ``ValueError`` and leaves the model as it was.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if config is None:
+        config = SparsityConfig(**overrides)
+    elif overrides:
+        config = SparsityConfig(**{**config.to_dict(), **overrides})
+    elif not isinstance(config, SparsityConfig):
+        raise TypeError(f"config must be a SparsityConfig, got {type(config).__name__}")
+    already = [n for n, m in model.named_modules() if isinstance(m, (MaskedLinear, SparseLinear))]
+    if already:
+        raise ValueError(f"model is already sparsified (e.g. {already[0]!r}); densify it first")
+    targets = find_targets(model, config)
+    modules = dict(model.named_modules())
+    bm, bk = config.block
+    for name in targets:
+        n, k = modules[name].weight.shape
+        if n % bm or k % bk:
+            raise ValueError(
+                f"cannot sparsify layer {name!r}: its weight shape {(n, k)} is not divisible by "
+                f"block {config.block} ({n} % {bm} = {n % bm}, {k} % {bk} = {k % bk})"
+            )
+    masks = dict(masks or {})
+    unknown = sorted(set(masks) - set(targets))
+    if unknown:
+        raise ValueError(f"masks given for layers that are not sparsified: {unknown}")
+    new: Dict[str, MaskedLinear] = {}
+    for name in targets:
+        m = MaskedLinear.from_linear(
+            modules[name],
+            block=config.block,
+            scores=config.scores,
+            score_init=config.score_init,
+            sparse_path=config.sparse_path,
+        )
+        if name in masks:
+            try:
+                m.set_mask(masks[name], allow_regrow=True)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"mask for layer {name!r}: {exc}") from None
+        if config.density < 1.0:
+            m.prune_magnitude(config.density)
+        new[name] = m
+    for name, m in new.items():
+        _replace(model, name, m)
+    setattr(model, CONFIG_ATTR, config)
+    return model
+
+
+def set_masks(model: nn.Module, masks: Mapping[str, Tensor], allow_regrow: bool = False) -> None:
+    """``set_mask`` on each named :class:`MaskedLinear`; errors name the layer."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        layer = modules.get(name)
+        if not isinstance(layer, MaskedLinear):
+            kind = "missing" if layer is None else type(layer).__name__
+            raise ValueError(f"layer {name!r} is not a MaskedLinear ({kind})")
+        try:
+            layer.set_mask(mask, allow_regrow=allow_regrow)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"mask for layer {name!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------------- densify / export
+def densify(model: nn.Module) -> nn.Module:
+    """Undo :func:`sparsify` / :func:`export` in place: every :class:`MaskedLinear` and
+    :class:`SparseLinear` becomes an ``nn.Linear`` holding the masked weight, fused activations
+    go back to their modules."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, (MaskedLinear, SparseLinear)):
+            _replace(model, name, m.to_linear())
+        elif isinstance(m, FusedActivation):
+            _replace(model, name, m.original)
+    if hasattr(model, CONFIG_ATTR):
+        delattr(model, CONFIG_ATTR)
+    return model
+
+
+def activation_name(module: nn.Module) -> Optional[str]:
+    """The epilogue name (:data:`spd_kernels.ACTIVATIONS`) computing what ``module`` computes,
+    or None when the kernels have no such epilogue."""
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, nn.GELU):
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    cls = type(module)
+    if not cls.__module__.startswith("transformers."):
+        return None
+    if cls.__name__ == "GELUActivation":
+        act = getattr(module, "act", None)  # F.gelu, or the erf formula in Python
+        if act is F.gelu or getattr(act, "__name__", "") == "_gelu_python":
+            return "gelu"
+        return None
+    if cls.__name__ in ("GELUTanh", "PytorchGELUTanh", "NewGELUActivation", "FastGELUActivation"):
+        return "gelu_tanh"
+    return None
+
+
+def export(model: nn.Module, *, fuse_activations: bool = True) -> nn.Module:
+    """Pack every :class:`MaskedLinear` of ``model`` into a :class:`SparseLinear` (in place).
+
+    With ``fuse_activations`` the FFN's first linear and its activation (BERT/RoBERTa
+    ``intermediate.dense`` + ``intermediate_act_fn``, DistilBERT ``ffn.lin1`` + ``activation``)
+    become one ``SparseLinear(activation=...)``; the activation module is replaced by a
+    :class:`FusedActivation` (the identity). Activations without a kernel epilogue stay.
+    """
+    for name, m in list(model.named_modules()):
+        if isinstance(m, MaskedLinear):
+            packed = SparseLinear.from_masked(m)
+            packed.values.requires_grad_(m.weight.requires_grad)
+            _replace(model, name, packed)
+    if fuse_activations:
+        spec = ARCHITECTURES.get(model_type_of(model) or "")
+        for rule in spec.fusions if spec else ():
+            parent_re = re.compile(rule.parent)
+            for pname, parent in list(model.named_modules()):
+                if not parent_re.fullmatch(pname):
+                    continue
+                lin = getattr(parent, rule.linear, None)
+                act = getattr(parent, rule.activation, None)
+                if not isinstance(lin, SparseLinear) or lin.activation != "none" or act is None:
+                    continue
+                act_name = activation_name(act)
+                if act_name is None:
+                    continue
+                lin.activation = act_name
+                setattr(parent, rule.activation, FusedActivation(act, act_name))
+    return model
+
+
+def sparse_layers(model: nn.Module) -> Dict[str, nn.Module]:
+    """Name -> every :class:`MaskedLinear` / :class:`SparseLinear` of ``model``."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (MaskedLinear, SparseLinear))}
+
+
+def size_report(model: nn.Module) -> Dict[str, dict]:
+    """Per sparse layer: ``density`` and the bytes of its dense weight, of its packed values,
+    of its saved index arrays (``index``) and of every index array it holds in memory
+    (``index_in_memory``, with the transposed metadata); plus a ``"total"`` entry."""
+    out: Dict[str, dict] = {}
+    total = {"dense": 0, "values": 0, "index": 0, "index_in_memory": 0}
+    for name, m in sparse_layers(model).items():
+        if isinstance(m, MaskedLinear):
+            m = SparseLinear.from_masked(m)
+        b = m.storage_bytes()
+        out[name] = {"density": m.density, **b}
+        for key in total:
+            total[key] += b[key]
+    out["total"] = {**total, "density": total["values"] / total["dense"] if total["dense"] else 0.0}
+    return out
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "ArchSpec",
+    "Fusion",
+    "SparsityConfig",
+    "activation_name",
+    "densify",
+    "export",
+    "find_targets",
+    "model_type_of",
+    "set_masks",
+    "size_report",
+    "sparse_layers",
+    "sparsify",
+    "sparsity_config",
+    "target_patterns",
+]
