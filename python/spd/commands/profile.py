@@ -100,9 +100,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch intra-op threads while timing (default: torch's current setting); use 1 on a "
-        "shared machine for steadier numbers",
+        default=1,
+        help="torch intra-op threads while timing; 1 gives steady numbers on a shared machine (more "
+        "threads than free cores make OpenMP kernels stall); set it to the core count to measure "
+        "multi-threaded kernels on a quiet machine",
     )
     t.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement")
     t.add_argument(
