@@ -110,7 +110,7 @@ def machine_line(rows: Sequence[Mapping]) -> str:
         {str(x["backend"]) for x in rows if x.get("impl") == "spd_kernels" and x.get("backend")}
     )
     return (
-        f"machine: {r.get('device', '?')}, {r.get('threads', '?')} threads; torch {r.get('torch', '?')}, "
+        f"machine: {r.get('device', '?')}, threads={r.get('threads', '?')}; torch {r.get('torch', '?')}, "
         f"triton {r.get('triton', '?')}; spd_kernels backend: {', '.join(backends) or 'n/a'}; "
         f"{r.get('timestamp', '')}"
     )
