@@ -1,0 +1,137 @@
+"""End-to-end model timing: dense twin, profile_model on a tiny in-memory BERT, the loader hook."""
+
+import pytest
+import torch
+from torch import nn
+
+import spd_kernels as sk
+from spd_kernels.nn import MaskedLinear, topk_mask
+from spd_kernels.profiling.model import (
+    dense_twin,
+    example_inputs,
+    linear_sparsity,
+    load_pruned_model,
+    profile_model,
+)
+from spd_kernels.profiling.timing import Timing
+
+
+class KernelLinear(nn.Module):
+    """Test stand-in for a packed sparse layer: runs sk.sparse_linear, offers to_linear()."""
+
+    def __init__(self, linear: nn.Linear, block=(16, 16), density=0.5):
+        super().__init__()
+        w = linear.weight.detach()
+        n, k = w.shape
+        keep = topk_mask(torch.rand(n // block[0], k // block[1]), density)
+        W = sk.SparseMatrix.from_dense(w, mask=keep, block=block)
+        self.values = nn.Parameter(W.values.clone())
+        self._W = W
+        self.bias = nn.Parameter(linear.bias.detach().clone())
+
+    def forward(self, x):
+        return sk.sparse_linear(x, self._W.with_values(self.values), self.bias)
+
+    def to_linear(self):
+        lin = nn.Linear(self._W.shape[1], self._W.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(self._W.with_values(self.values.detach()).to_dense())
+            lin.bias.copy_(self.bias)
+        return lin
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    return BertModel(cfg).eval()
+
+
+def _swap(model, make):
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and "encoder" in n]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, make(model.get_submodule(name)))
+    return names
+
+
+def test_dense_twin_of_masked_model_computes_the_same():
+    model = _tiny_bert()
+
+    def masked(lin):
+        m = MaskedLinear.from_linear(lin, block=(16, 16))
+        m.prune_magnitude(0.25)
+        return m
+
+    names = _swap(model, masked)
+    twin, replaced = dense_twin(model)
+    assert sorted(replaced) == sorted(names) and len(names) == 6  # q, k, v, attn out, inter, out
+    assert all(type(twin.get_submodule(n)) is nn.Linear for n in names)
+    assert isinstance(model.get_submodule(names[0]), MaskedLinear)  # the original is untouched
+    assert linear_sparsity(twin, replaced) == pytest.approx(0.75, abs=0.02)
+    inputs = example_inputs(model, batch=2, seq_len=8)
+    with torch.no_grad():
+        a, b = model(**inputs).last_hidden_state, twin(**inputs).last_hidden_state
+    torch.testing.assert_close(a, b)
+
+
+def test_profile_model_times_sparse_against_dense_twin():
+    model = _tiny_bert()
+    _swap(model, KernelLinear)
+    inputs = example_inputs(model, batch=1, seq_len=8)
+    seen = []
+
+    def timer(fn, **kw):
+        seen.append(fn)
+        fn()
+        return Timing(1e-3, 2e-3 if len(seen) % 2 else 4e-3, 5e-3, 5, "fake")
+
+    rows = profile_model(model, inputs, ops=("model_forward", "model_fwd_bwd"), compile=False, timer=timer)
+    assert [(r["op"], r["impl"]) for r in rows] == [
+        ("model_forward", "spd_kernels"),
+        ("model_forward", "dense_eager"),
+        ("model_fwd_bwd", "spd_kernels"),
+        ("model_fwd_bwd", "dense_eager"),
+    ]
+    assert all(r["status"] == "ok" and r["M"] == 8 for r in rows)
+    assert rows[0]["speedup_vs_best_dense"] == pytest.approx(2.0)  # dense 4 ms / sparse 2 ms
+    assert float(rows[0]["sparsity"]) == pytest.approx(0.5, abs=0.05)
+    assert "6 pruned linears" in rows[0]["note"]
+
+
+def test_profile_model_with_the_real_timer():
+    model = _tiny_bert()
+    _swap(model, KernelLinear)
+    inputs = example_inputs(model, 1, 4)
+    rows = profile_model(model, inputs, compile=False, warmup=0, min_run_time=0.005, min_samples=2)
+    assert all(r["status"] == "ok" and float(r["p50_ms"]) > 0 for r in rows)
+
+
+def test_profile_model_errors():
+    plain = _tiny_bert()
+    with pytest.raises(ValueError, match="no pruned layers"):
+        profile_model(plain, example_inputs(plain, 1, 4))
+    with pytest.raises(ValueError, match="unknown model op 'backward'"):
+        profile_model(plain, {}, ops=("backward",))
+    with pytest.raises(ValueError, match="max_position_embeddings=32"):
+        example_inputs(plain, 1, 64)
+    with pytest.raises(ValueError, match="vocab_size"):
+        example_inputs(nn.Linear(2, 2))
+
+
+def test_loader_hook(tmp_path):
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_pruned_model(str(tmp_path / "missing"))
+    with pytest.raises(NotImplementedError, match="no loader of saved pruned models"):
+        load_pruned_model(str(tmp_path))
+    model = load_pruned_model(str(tmp_path), loader=lambda d: nn.Linear(2, 2))
+    assert isinstance(model, nn.Linear)
+    with pytest.raises(TypeError, match="expected an nn.Module"):
+        load_pruned_model(str(tmp_path), loader=lambda d: "not a model")
