@@ -10,9 +10,9 @@ import functools
 
 import pytest
 import torch
-from sparse_layer import KernelLinear
 from torch import nn
 
+import spd_kernels as sk
 from spd_kernels.nn import topk_mask
 from spd_kernels.profiling.model import dense_twin, example_inputs
 
@@ -42,7 +42,7 @@ def _models(sparsity: float):
         n, k = lin.weight.shape
         keep = topk_mask(torch.rand(n // BLOCK[0], k // BLOCK[1], generator=g), 1.0 - sparsity)
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, KernelLinear(lin, keep, BLOCK))
+        setattr(model.get_submodule(parent), child, sk.SparseLinear.from_linear(lin, mask=keep, block=BLOCK))
     twin, _ = dense_twin(model)
     return model, twin.eval(), example_inputs(model, BATCH, SEQ)
 

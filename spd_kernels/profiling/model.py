@@ -23,10 +23,16 @@ from .timing import Timing, environment, time_callable, torch_threads
 
 Inputs = Union[Mapping[str, Any], Sequence[Any], torch.Tensor]
 
-# The loader used by ``spd profile --model DIR``: ``directory -> nn.Module``. It is None until the
-# package's save/load of pruned Hugging Face models is available; set it (or pass ``loader=``)
-# to plug that loader in.
-PRUNED_MODEL_LOADER: Optional[Callable[[str], nn.Module]] = None
+
+def _load_saved_pruned(directory: str) -> nn.Module:
+    from ..checkpoint import load_pruned
+
+    return load_pruned(directory)
+
+
+# The loader used by ``spd profile --model DIR``: ``directory -> nn.Module``; by default the
+# package's own loader of what ``sk.save_pruned`` / ``sk.save_pretrained`` wrote.
+PRUNED_MODEL_LOADER: Optional[Callable[[str], nn.Module]] = _load_saved_pruned
 
 
 def load_pruned_model(directory: str, loader: Optional[Callable[[str], nn.Module]] = None) -> nn.Module:

@@ -16,28 +16,11 @@ from spd_kernels.profiling.model import (
 from spd_kernels.profiling.timing import Timing
 
 
-class KernelLinear(nn.Module):
-    """Test stand-in for a packed sparse layer: runs sk.sparse_linear, offers to_linear()."""
-
-    def __init__(self, linear: nn.Linear, block=(16, 16), density=0.5):
-        super().__init__()
-        w = linear.weight.detach()
-        n, k = w.shape
-        keep = topk_mask(torch.rand(n // block[0], k // block[1]), density)
-        W = sk.SparseMatrix.from_dense(w, mask=keep, block=block)
-        self.values = nn.Parameter(W.values.clone())
-        self._W = W
-        self.bias = nn.Parameter(linear.bias.detach().clone())
-
-    def forward(self, x):
-        return sk.sparse_linear(x, self._W.with_values(self.values), self.bias)
-
-    def to_linear(self):
-        lin = nn.Linear(self._W.shape[1], self._W.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(self._W.with_values(self.values.detach()).to_dense())
-            lin.bias.copy_(self.bias)
-        return lin
+def KernelLinear(linear: nn.Linear, block=(16, 16), density=0.5):
+    """A packed sparse layer with a random block pattern of the given density."""
+    n, k = linear.weight.shape
+    keep = topk_mask(torch.rand(n // block[0], k // block[1]), density)
+    return sk.SparseLinear.from_linear(linear, mask=keep, block=block)
 
 
 def _tiny_bert():
@@ -129,9 +112,21 @@ def test_profile_model_errors():
 def test_loader_hook(tmp_path):
     with pytest.raises(ValueError, match="is not a directory"):
         load_pruned_model(str(tmp_path / "missing"))
-    with pytest.raises(NotImplementedError, match="no loader of saved pruned models"):
+    with pytest.raises(ValueError, match="not a pruned-model directory"):
         load_pruned_model(str(tmp_path))
     model = load_pruned_model(str(tmp_path), loader=lambda d: nn.Linear(2, 2))
     assert isinstance(model, nn.Linear)
     with pytest.raises(TypeError, match="expected an nn.Module"):
         load_pruned_model(str(tmp_path), loader=lambda d: "not a model")
+
+
+def test_loader_reads_a_saved_pruned_model(tmp_path):
+    model = _tiny_bert()
+    _swap(model, KernelLinear)
+    sk.save_pruned(model, tmp_path / "pruned")
+    loaded = load_pruned_model(str(tmp_path / "pruned"))
+    inputs = example_inputs(model, 1, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
+    rows = profile_model(loaded, inputs, compile=False, warmup=0, min_run_time=0.005, min_samples=2)
+    assert all(r["status"] == "ok" for r in rows)
