@@ -4,10 +4,12 @@
 // rows, the ordered combine -- and checks that every nonzero is used exactly once, that no
 // two warps write the same owned row, and that the result equals a direct CSR product.
 // Prints one line per case; exits 1 on the first failure.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "csr_plan.h"
