@@ -53,10 +53,10 @@ struct CsrSizes {
   int64_t nnz;  // stored entries
 };
 
-CsrSizes check_csr(const char* op, const at::Tensor& ref, const at::Tensor& values, const at::Tensor& row_offsets,
-                   const at::Tensor& col_indices, const at::Tensor& block_rows, const at::Tensor& col_offsets,
-                   const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
-  SPD_CHECK_CUDA(ref);
+CsrSizes check_csr(const char* op, const at::Tensor& ref, const char* ref_name, const at::Tensor& values,
+                   const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& block_rows,
+                   const at::Tensor& col_offsets, const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
+  TORCH_CHECK(ref.device().is_cuda(), op, ": ", ref_name, " must be a CUDA tensor, got ", ref.device());
   const auto dev = ref.device();
   SPD_CHECK_DEVICE(values, dev);
   SPD_CHECK_DEVICE(row_offsets, dev);
@@ -69,7 +69,7 @@ CsrSizes check_csr(const char* op, const at::Tensor& ref, const at::Tensor& valu
               ": the cuda backend takes CSR weights, values of shape (nnz, 1, 1) (block (1, 1)); got ",
               values.sizes());
   TORCH_CHECK(values.scalar_type() == ref.scalar_type(), op, ": values have dtype ", values.scalar_type(),
-              " but the dense operand has ", ref.scalar_type());
+              " but ", ref_name, " has ", ref.scalar_type());
   SPD_CHECK_INDEX(row_offsets);
   SPD_CHECK_INDEX(col_indices);
   SPD_CHECK_INDEX(block_rows);
@@ -150,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_dds_t(const at::Tensor& x, const at::Ten
                                               bool save_preact) {
   const char* op = "cuda_dds_t";
   const CsrSizes s =
-      check_csr(op, x, values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
+      check_csr(op, x, "x", values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
   check_dense(op, x, "x", s.k, "K");
   dtype_of(x, "x");
   const spd_cuda::Activation act = activation_of(std::string(activation));
@@ -175,7 +175,7 @@ at::Tensor cuda_dds(const at::Tensor& dy, const at::Tensor& values, const at::Te
                     const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
   const char* op = "cuda_dds";
   const CsrSizes s =
-      check_csr(op, dy, values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
+      check_csr(op, dy, "dy", values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
   check_dense(op, dy, "dy", s.n, "N");
   dtype_of(dy, "dy");
   const c10::cuda::OptionalCUDAGuard guard(dy.device());
@@ -190,7 +190,7 @@ at::Tensor cuda_sdd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor&
                     const at::Tensor& col_offsets, const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
   const char* op = "cuda_sdd";
   const CsrSizes s =
-      check_csr(op, dy, values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
+      check_csr(op, dy, "dy", values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
   check_dense(op, dy, "dy", s.n, "N");
   check_dense(op, x, "x", s.k, "K");
   SPD_CHECK_DEVICE(x, dy.device());
