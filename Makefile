@@ -8,7 +8,7 @@ DEMO_ARGS ?=
 
 CSRC := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) 2>/dev/null)
 
-.PHONY: help install build test demo lint format bench clean
+.PHONY: help install build test demo lint format bench gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,6 +35,9 @@ demo: $(VENV)/.built  ## set up and run the whole job on the embedded default mo
 
 bench: $(VENV)/.built  ## kernel benchmarks (pytest-benchmark), not part of the test run
 	$(PY) -m pytest benchmarks/ --benchmark-only
+
+gpu-check:  ## on a GPU machine, with its CUDA torch: build, GPU tests, compute-sanitizer, CSR benchmark -> OUT
+	PYTHON=$(PYTHON) scripts/gpu_check.sh $(or $(OUT),benchmarks/results/gpu_csr)
 
 lint: $(VENV)/.deps  ## ruff lint + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

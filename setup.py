@@ -4,7 +4,8 @@ Build against the torch already installed:  pip install --no-build-isolation -e 
 
 Environment:
   SPD_SKIP_CUDA_BUILD=1   build the CPU extension only, even when torch and nvcc have CUDA
-  SPD_CUDA_ARCHS="80;90"  CUDA architectures (default: 80;90, i.e. A100 and H100/H200)
+  SPD_CUDA_ARCHS="80;90"  CUDA architectures (default: 80;90, i.e. A100 and H100/H200); the
+                          last one is also embedded as PTX, so newer GPUs JIT-compile it
   SPD_DEBUG=1             -O0 -g, asserts on
   SPD_NO_NATIVE=1         no -march=native (portable binary; AVX2/FMA still used if supported)
   MAX_JOBS=N              parallel compile jobs (ninja)
@@ -28,6 +29,18 @@ except ImportError:  # pragma: no cover - a build without torch cannot do anythi
     )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# nvcc flags besides the architectures. Literal lists on purpose: the compile-only check of the
+# CUDA sources (tests/kernels/test_cuda_sources.py) reads them from this file.
+NVCC_FLAGS = [
+    "-std=c++17",
+    "--expt-relaxed-constexpr",
+    "-U__CUDA_NO_HALF_OPERATORS__",
+    "-U__CUDA_NO_HALF_CONVERSIONS__",
+    "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+]
+NVCC_RELEASE_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
+NVCC_DEBUG_FLAGS = ["-O0", "-g", "-G"]
 
 
 def _flag(name: str) -> bool:
@@ -82,18 +95,12 @@ def _extensions():
     )
     if _want_cuda():
         archs = os.environ.get("SPD_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
-        nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "--use_fast_math", "-lineinfo"]
-        nvcc += [
-            "-std=c++17",
-            "--expt-relaxed-constexpr",
-            "-U__CUDA_NO_HALF_OPERATORS__",
-            "-U__CUDA_NO_HALF_CONVERSIONS__",
-            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-        ]
+        archs = [a.strip().replace(".", "").replace("+PTX", "") for a in archs if a.strip()]
+        nvcc = list(NVCC_DEBUG_FLAGS if debug else NVCC_RELEASE_FLAGS) + NVCC_FLAGS
         for a in archs:
-            a = a.strip().replace(".", "")
-            if a:
-                nvcc += [f"-gencode=arch=compute_{a},code=sm_{a}"]
+            nvcc += [f"-gencode=arch=compute_{a},code=sm_{a}"]
+        if archs:  # PTX of the newest arch: a GPU newer than the list still finds a kernel image
+            nvcc += [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
         define_macros.append(("SPD_WITH_CUDA", None))
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         return [
