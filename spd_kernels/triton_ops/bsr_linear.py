@@ -110,7 +110,10 @@ _prune_sdd = _prune(lambda block_m, bm, bk: block_m * (bm + bk))
 
 # ----------------------------------------------------------------------------- kernels
 # Written flat (no nested @triton.jit helpers, pointer tiles built once outside the loops): the
-# interpreter pays per call and per tensor op, and CI runs these kernels under it.
+# interpreter pays per call and per tensor op, and CI runs these kernels under it. Only builtins of
+# triton.language are used (tl.full, not the @jit tl.zeros / tl.cdiv of triton.language.standard):
+# those are interpreted only when triton itself was imported under TRITON_INTERPRET=1, and the
+# interpreted copy of this module must work whatever the order of imports was.
 
 
 @triton.autotune(configs=_mm_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_dds_t})
@@ -172,7 +175,7 @@ def _bsr_dds_t_kernel(
 
     start = tl.load(row_offsets_ptr + pid_n)
     end = tl.load(row_offsets_ptr + pid_n + 1)
-    acc = tl.zeros((BLOCK_M, BM), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BM), 0.0, tl.float32)
     for j in range(start, end):
         c = tl.load(col_indices_ptr + j)
         x = tl.load(x_ptrs + c * x_step, mask=mask_m, other=0.0)
@@ -193,9 +196,10 @@ def _bsr_dds_t_kernel(
     elif ACTIVATION == 2:
         acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
     elif ACTIVATION == 3:
-        # 0.5·z·(1 + tanh(u)) = z·sigmoid(2u): no tanh needed, no overflow for large |u|
+        # 0.5·z·(1 + tanh(u)) = z·sigmoid(2u), with t = exp(-2|u|) <= 1 so nothing overflows
         u = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
-        acc = acc / (1.0 + tl.exp(-2.0 * u))
+        t = tl.exp(-2.0 * tl.abs(u))
+        acc = acc * tl.where(u >= 0.0, 1.0, t) / (1.0 + t)
     y_ptrs = y_ptr + offs_m64 * stride_ym + offs_n[None, :] * stride_yn
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m)
 
@@ -249,7 +253,7 @@ def _bsr_dds_kernel(
 
     start = tl.load(col_offsets_ptr + pid_k)
     end = tl.load(col_offsets_ptr + pid_k + 1)
-    acc = tl.zeros((BLOCK_M, BK), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BK), 0.0, tl.float32)
     for t in range(start, end):
         r = tl.load(row_indices_t_ptr + t)
         j = tl.load(perm_t_ptr + t).to(tl.int64)
@@ -314,7 +318,7 @@ def _bsr_sdd_kernel(
     dy_t_ptrs = dy_ptr + (r * BM + offs_bm)[:, None] * stride_dyn + offs_m64[None, :] * stride_dym
     x_ptrs = x_ptr + offs_m64[:, None] * stride_xm + (c * BK + offs_bk)[None, :] * stride_xk
 
-    acc = tl.zeros((BM, BK), dtype=tl.float32)
+    acc = tl.full((BM, BK), 0.0, tl.float32)
     for m0 in range(m_start, m_end, BLOCK_M):
         mask_m = offs_m < m_end
         dy_t = tl.load(dy_t_ptrs, mask=mask_m[None, :], other=0.0)
