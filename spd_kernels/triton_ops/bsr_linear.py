@@ -43,6 +43,10 @@ import triton.language as tl
 
 
 def _interpret_requested() -> bool:
+    """Whether triton's decorators will build interpreted kernels (as triton itself reads it)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
 
 
@@ -57,12 +61,14 @@ def _mm_configs() -> List[triton.Config]:
     if _INTERPRET_AT_IMPORT:
         # one config: nothing to benchmark; 32 rows so that small test shapes span several tiles
         return [triton.Config({"BLOCK_M": 32, "GROUP_M": 2}, num_warps=4, num_stages=1)]
+    # the first config that fits is also the fixed choice under SPD_TRITON_AUTOTUNE=0
     return [
-        triton.Config({"BLOCK_M": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 128, "GROUP_M": 8}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 256, "GROUP_M": 8}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 64, "GROUP_M": 8}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 32, "GROUP_M": 8}, num_warps=4, num_stages=2),  # small M, big fp32 blocks
     ]
 
 
@@ -70,10 +76,11 @@ def _sdd_configs() -> List[triton.Config]:
     if _INTERPRET_AT_IMPORT:
         return [triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=1)]
     return [
-        triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2),
     ]
 
 
@@ -381,6 +388,27 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _launch(kernel, prune, values: torch.Tensor, grid, args: tuple, kwargs: dict) -> None:
+    """Run an autotuned kernel: autotuned (the default), or with one fixed config when
+    ``SPD_TRITON_AUTOTUNE=0`` (the first config that fits in shared memory: no benchmarking on a
+    new shape) or ``SPD_TRITON_CONFIG=i`` (the i-th config that fits, modulo their number; tests)."""
+    configs = kernel.configs
+    forced = os.environ.get("SPD_TRITON_CONFIG", "").strip()
+    autotune = os.environ.get("SPD_TRITON_AUTOTUNE", "1").strip() != "0"
+    if len(configs) == 1 or (autotune and not forced):
+        kernel[grid](*args, **kwargs)
+        return
+    fitting = prune(configs, {"v_ptr": values}, **kwargs)
+    if forced:
+        try:
+            cfg = fitting[int(forced) % len(fitting)]
+        except ValueError:
+            raise ValueError(f"SPD_TRITON_CONFIG must be an integer, got {forced!r}") from None
+    else:
+        cfg = fitting[0]
+    kernel.fn[grid](*args, **kwargs, **cfg.all_kwargs())
+
+
 def _check(name: str, t: torch.Tensor, values: torch.Tensor, cols: int) -> None:
     if not isinstance(t, torch.Tensor) or t.dim() != 2:
         got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -436,35 +464,43 @@ def bsr_dds_t(
             return (triton.cdiv(m, meta_["BLOCK_M"]) * nbr,)
 
         with _device_guard(x.device):
-            _bsr_dds_t_kernel[grid](
-                x,
+            _launch(
+                _bsr_dds_t_kernel,
+                _prune_dds_t,
                 values,
-                meta[0],
-                meta[1],
-                bias if bias is not None else y,
-                y,
-                z,
-                m,
-                nbr,
-                nbc,
-                _m_bucket(m),
-                dbucket,
-                x.stride(0),
-                x.stride(1),
-                vs[0],
-                vs[1],
-                vs[2],
-                y.stride(0),
-                y.stride(1),
-                z.stride(0),
-                z.stride(1),
-                BM=bm,
-                BK=bk,
-                HAS_BIAS=bias is not None,
-                ACTIVATION=ACTIVATION_CODES[activation],
-                SAVE_PREACT=bool(save_preact),
-                UPCAST=_upcast(x.dtype),
-                INPUT_PRECISION=_input_precision(x.dtype),
+                grid,
+                (
+                    x,
+                    values,
+                    meta[0],
+                    meta[1],
+                    bias if bias is not None else y,
+                    y,
+                    z,
+                    m,
+                    nbr,
+                    nbc,
+                    _m_bucket(m),
+                    dbucket,
+                    x.stride(0),
+                    x.stride(1),
+                    vs[0],
+                    vs[1],
+                    vs[2],
+                    y.stride(0),
+                    y.stride(1),
+                    z.stride(0),
+                    z.stride(1),
+                ),
+                dict(
+                    BM=bm,
+                    BK=bk,
+                    HAS_BIAS=bias is not None,
+                    ACTIVATION=ACTIVATION_CODES[activation],
+                    SAVE_PREACT=bool(save_preact),
+                    UPCAST=_upcast(x.dtype),
+                    INPUT_PRECISION=_input_precision(x.dtype),
+                ),
             )
     return y, (z if save_preact else x.new_empty(0))
 
@@ -483,29 +519,37 @@ def bsr_dds(dy: torch.Tensor, values: torch.Tensor, meta: Meta) -> torch.Tensor:
             return (triton.cdiv(m, meta_["BLOCK_M"]) * nbc,)
 
         with _device_guard(dy.device):
-            _bsr_dds_kernel[grid](
-                dy,
+            _launch(
+                _bsr_dds_kernel,
+                _prune_dds,
                 values,
-                meta[3],
-                meta[4],
-                meta[5],
-                dx,
-                m,
-                nbr,
-                nbc,
-                _m_bucket(m),
-                dbucket,
-                dy.stride(0),
-                dy.stride(1),
-                vs[0],
-                vs[1],
-                vs[2],
-                dx.stride(0),
-                dx.stride(1),
-                BM=bm,
-                BK=bk,
-                UPCAST=_upcast(dy.dtype),
-                INPUT_PRECISION=_input_precision(dy.dtype),
+                grid,
+                (
+                    dy,
+                    values,
+                    meta[3],
+                    meta[4],
+                    meta[5],
+                    dx,
+                    m,
+                    nbr,
+                    nbc,
+                    _m_bucket(m),
+                    dbucket,
+                    dy.stride(0),
+                    dy.stride(1),
+                    vs[0],
+                    vs[1],
+                    vs[2],
+                    dx.stride(0),
+                    dx.stride(1),
+                ),
+                dict(
+                    BM=bm,
+                    BK=bk,
+                    UPCAST=_upcast(dy.dtype),
+                    INPUT_PRECISION=_input_precision(dy.dtype),
+                ),
             )
     return dx
 
@@ -555,32 +599,40 @@ def bsr_sdd(
     else:
         out = torch.empty((split, nnz, bm, bk), dtype=torch.float32, device=values.device)
     with _device_guard(dy.device):
-        _bsr_sdd_kernel[(nnz, split)](
-            dy,
-            x,
+        _launch(
+            _bsr_sdd_kernel,
+            _prune_sdd,
             values,
-            meta[2],
-            meta[1],
-            out,
-            m,
-            rows,
-            nbr,
-            nbc,
-            _m_bucket(m),
-            dbucket,
-            split,
-            dy.stride(0),
-            dy.stride(1),
-            x.stride(0),
-            x.stride(1),
-            out.stride(0),
-            out.stride(1),
-            out.stride(2),
-            out.stride(3),
-            BM=bm,
-            BK=bk,
-            UPCAST=_upcast(dy.dtype),
-            INPUT_PRECISION=_input_precision(dy.dtype),
+            (nnz, split),
+            (
+                dy,
+                x,
+                values,
+                meta[2],
+                meta[1],
+                out,
+                m,
+                rows,
+                nbr,
+                nbc,
+                _m_bucket(m),
+                dbucket,
+                split,
+                dy.stride(0),
+                dy.stride(1),
+                x.stride(0),
+                x.stride(1),
+                out.stride(0),
+                out.stride(1),
+                out.stride(2),
+                out.stride(3),
+            ),
+            dict(
+                BM=bm,
+                BK=bk,
+                UPCAST=_upcast(dy.dtype),
+                INPUT_PRECISION=_input_precision(dy.dtype),
+            ),
         )
     if split == 1:
         return out[0]
