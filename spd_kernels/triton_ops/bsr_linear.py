@@ -92,8 +92,13 @@ def _smem_limit() -> int:
         return 1 << 30
 
 
-def _prune(per_stage_elems):
-    """Drop configs whose pipelined tiles cannot fit in shared memory (keeps the smallest)."""
+def _prune(per_stage_elems, buffers):
+    """Drop configs whose pipelined tiles cannot fit in shared memory (keeps the smallest).
+
+    Estimate: buffers x (elements of one stage's tiles) x element size; the buffer counts
+    (num_stages - 1 for the row/column walks, num_stages for the weight grad) match what Triton
+    3.7 allocates for these kernels on sm_80 / sm_90, or overestimate it.
+    """
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
@@ -102,7 +107,8 @@ def _prune(per_stage_elems):
         limit = _smem_limit()
 
         def need(cfg):
-            return cfg.num_stages * per_stage_elems(cfg.kwargs["BLOCK_M"], bm, bk) * esize
+            n_buf = max(1, buffers(cfg.num_stages))
+            return n_buf * per_stage_elems(cfg.kwargs["BLOCK_M"], bm, bk) * esize
 
         kept = [c for c in configs if need(c) <= limit]
         return kept or [min(configs, key=need)]
@@ -110,9 +116,9 @@ def _prune(per_stage_elems):
     return prune
 
 
-_prune_dds_t = _prune(lambda block_m, bm, bk: block_m * bk + bm * bk)
-_prune_dds = _prune(lambda block_m, bm, bk: block_m * bm + bm * bk)
-_prune_sdd = _prune(lambda block_m, bm, bk: block_m * (bm + bk))
+_prune_dds_t = _prune(lambda block_m, bm, bk: block_m * bk + bm * bk, lambda stages: stages - 1)
+_prune_dds = _prune(lambda block_m, bm, bk: block_m * bm + bm * bk, lambda stages: stages - 1)
+_prune_sdd = _prune(lambda block_m, bm, bk: block_m * (bm + bk), lambda stages: stages)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -563,7 +569,8 @@ def sdd_split(m: int, nnz_blocks: int, device: torch.device) -> int:
     if m <= 0 or nnz_blocks <= 0:
         return 1
     if device.type == "cuda" and not INTERPRETED:
-        target, min_rows = 4 * _sm_count(device.index if device.index is not None else 0), 256
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        target, min_rows = 4 * _sm_count(index), 256
     else:
         target, min_rows = 8, 32
     want = -(-target // nnz_blocks)

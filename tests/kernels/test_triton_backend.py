@@ -305,3 +305,22 @@ def test_gpu_benchmark_help():
         cwd=ROOT,
     )
     assert out.returncode == 0 and "--smoke" in out.stdout and "--sparsities" in out.stdout
+
+
+def test_config_pruning_by_shared_memory(kernels, monkeypatch):
+    # what a GPU's autotuner may try: configs whose tiles overflow shared memory are dropped
+    import triton
+
+    configs = [
+        triton.Config({"BLOCK_M": 256, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "GROUP_M": 8}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 32, "GROUP_M": 8}, num_warps=4, num_stages=2),
+    ]
+    v32 = torch.empty(1, 128, 128)
+    monkeypatch.setattr(kernels, "_smem_limit", lambda: 163 * 1024)  # an A100
+    # fp32 128x128 blocks: 2 x (256·128 + 128·128) x 4 B is too much; 1 x (64·128 + 128·128) x 4 B fits
+    kept = kernels._prune_dds_t(configs, {"v_ptr": v32}, BM=128, BK=128)
+    assert [c.kwargs["BLOCK_M"] for c in kept] == [64, 32]
+    monkeypatch.setattr(kernels, "_smem_limit", lambda: 1024)  # nothing fits: the smallest stays
+    kept = kernels._prune_sdd(configs, {"v_ptr": v32}, BM=128, BK=128)
+    assert [c.kwargs["BLOCK_M"] for c in kept] == [32]
