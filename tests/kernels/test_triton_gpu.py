@@ -82,9 +82,8 @@ def _check(block, sparsity, m, dtype, activation=None, factor=2.0, calls=None):
     for what, g, b, r in zip(("forward", "input grad", "weight grad", "bias grad"), got, base, ref):
         assert g.dtype == dtype and g.device.type == "cuda", what
         assert_close_to_ref(g, r, b, f"{what} ({dtype}, block {block}, s={sparsity}, M={m})", factor=factor)
-    if calls is not None and m > 0:
-        assert "dds_t" in calls and "dds" in calls, calls
-        assert ("sdd" in calls) == (W.nnz_blocks > 0), calls
+    if calls is not None:  # the products really ran on the triton backend
+        assert sorted(set(calls)) == ["dds", "dds_t", "sdd"], calls
 
 
 @pytest.mark.parametrize("m", MS)
