@@ -324,3 +324,51 @@ def test_config_pruning_by_shared_memory(kernels, monkeypatch):
     monkeypatch.setattr(kernels, "_smem_limit", lambda: 1024)  # nothing fits: the smallest stays
     kept = kernels._prune_sdd(configs, {"v_ptr": v32}, BM=128, BK=128)
     assert [c.kwargs["BLOCK_M"] for c in kept] == [32]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="compiled and run for real by test_triton_gpu.py")
+def test_kernels_compile_for_sm90_without_a_gpu(monkeypatch):
+    """The compiled (not interpreted) kernels go through Triton's whole CUDA pipeline, down to
+    ptxas, for an H100 target, specialised as the JIT would for contiguous operands, and their
+    loads are software-pipelined (asynchronous copies into shared memory)."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+    mod = importlib.import_module("spd_kernels.triton_ops.bsr_linear")
+    if mod.INTERPRETED:
+        pytest.skip("the kernel module was imported under TRITON_INTERPRET=1 in this process")
+    one = {"stride_xk", "stride_vk", "stride_yn", "stride_zn", "stride_dyn", "stride_dxk", "stride_ok"}
+    p = "*bf16"
+    cases = [
+        (
+            mod._bsr_dds_t_kernel,
+            dict(x_ptr=p, v_ptr=p, bias_ptr=p, y_ptr=p, z_ptr=p),
+            dict(HAS_BIAS=True, ACTIVATION=2, SAVE_PREACT=True),
+        ),
+        (mod._bsr_dds_kernel, dict(dy_ptr=p, v_ptr=p, dx_ptr=p), {}),
+        (mod._bsr_sdd_kernel, dict(dy_ptr=p, x_ptr=p, v_ptr=p, out_ptr="*fp32"), {}),
+    ]
+    for kernel, ptrs, extra in cases:
+        cfg = kernel.configs[0]
+        consts = dict(BM=64, BK=64, UPCAST=False, INPUT_PRECISION="ieee", **extra, **cfg.kwargs)
+        signature, attrs = {}, {}
+        for i, name in enumerate(kernel.fn.arg_names):
+            if name in consts or name in one:
+                signature[name] = "constexpr"
+                consts.setdefault(name, 1)
+            elif name.endswith("_ptr"):
+                signature[name] = ptrs.get(name, "*i32")
+                attrs[(i,)] = [["tt.divisibility", 16]]
+            else:
+                signature[name] = "i32"
+                if name.startswith("stride") or name in ("M", "ROWS_PER_SPLIT"):
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+        src = ASTSource(fn=kernel.fn, signature=signature, constexprs=consts, attrs=attrs)
+        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+        assert compiled.asm["cubin"], kernel.fn.__name__
+        assert "async_copy_global_to_local" in compiled.asm["ttgir"], f"{kernel.fn.__name__} is not pipelined"
