@@ -1,0 +1,184 @@
+"""The ``triton`` backend on a CUDA device: the three products of a sparse linear layer against a
+float64 reference over the full grid (dtypes x blocks x sparsity x odd M), every autotune config,
+the autotuner itself, TF32, determinism of the split weight grad, strides and torch.compile.
+
+Skipped without a CUDA device (``requires_cuda``). The grid runs with ``SPD_TRITON_AUTOTUNE=0``
+(one fixed config, no benchmarking per shape); ``test_every_config`` covers the other configs.
+"""
+
+import pytest
+import torch
+
+import spd_kernels as sk
+from helpers import assert_close_to_ref, random_sparse, ref_linear
+from spd_kernels.activations import apply_activation
+from spd_kernels.backends import BACKENDS
+
+pytestmark = pytest.mark.requires_cuda
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BLOCKS = [(16, 16), (32, 32), (64, 64), (32, 64), (64, 32), (128, 128)]
+SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
+MS = (0, 1, 7, 65, 1000)
+
+
+def _shape(block):
+    # an 8 x 9 block grid: 72 blocks, so 99 % sparsity keeps one; N != K
+    return block[0] * 8, block[1] * 9
+
+
+@pytest.fixture(autouse=True)
+def triton_calls(monkeypatch):
+    """Force the triton backend process-wide (autograd runs the CUDA backward on its own thread,
+    which a context-local choice may not reach) and record which products it ran."""
+    monkeypatch.setenv("SPD_KERNELS_BACKEND", "triton")
+    monkeypatch.setenv("SPD_TRITON_AUTOTUNE", "0")
+    backend = BACKENDS["triton"]
+    calls = []
+    for op in ("dds_t", "dds", "sdd"):
+        original = getattr(backend, op)
+
+        def wrapper(*args, _op=op, _original=original, **kwargs):
+            calls.append(_op)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(backend, op, wrapper)
+    return calls
+
+
+def _sampled(W, dense_grad):
+    return sk.SparseMatrix.from_dense(dense_grad, mask=W.block_mask(), block=W.block).values
+
+
+def _check(block, sparsity, m, dtype, activation=None, factor=2.0, calls=None):
+    n, k = _shape(block)
+    W, dense = random_sparse(n, k, block, sparsity, dtype=dtype, device="cuda")
+    x = torch.randn(m, k, device="cuda").to(dtype)
+    bias = torch.randn(n, device="cuda").to(dtype)
+    dy = torch.randn(m, n, device="cuda").to(dtype)
+
+    values = W.values.clone().requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    br = bias.clone().requires_grad_(True)
+    y = sk.sparse_linear(xr, W.with_values(values), br, activation=activation)
+    y.backward(dy)
+    got = (y.detach(), xr.grad, values.grad, br.grad)
+
+    # same-dtype dense product and its autograd: the error baseline
+    xd = x.clone().requires_grad_(True)
+    wd = dense.clone().requires_grad_(True)
+    bd = bias.clone().requires_grad_(True)
+    yd = apply_activation(xd @ wd.t() + bd, activation or "none")
+    yd.backward(dy)
+    base = (yd.detach(), xd.grad, _sampled(W, wd.grad), bd.grad)
+
+    x64 = x.double().requires_grad_(True)
+    w64 = dense.double().requires_grad_(True)
+    b64 = bias.double().requires_grad_(True)
+    y64, _ = ref_linear(x64, w64, b64, activation)
+    y64.backward(dy.double())
+    ref = (y64.detach(), x64.grad, _sampled(W, w64.grad), b64.grad)
+
+    for what, g, b, r in zip(("forward", "input grad", "weight grad", "bias grad"), got, base, ref):
+        assert g.dtype == dtype and g.device.type == "cuda", what
+        assert_close_to_ref(g, r, b, f"{what} ({dtype}, block {block}, s={sparsity}, M={m})", factor=factor)
+    if calls is not None:  # the products really ran on the triton backend
+        assert sorted(set(calls)) == ["dds", "dds_t", "sdd"], calls
+
+
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_grid(dtype, block, sparsity, m, triton_calls):
+    _check(block, sparsity, m, dtype, calls=triton_calls)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("block", [(16, 16), (64, 64)], ids=["16x16", "64x64"])
+def test_fused_activation(block, activation, dtype):
+    _check(block, 0.5, 333, dtype, activation, factor=4.0)
+
+
+@pytest.mark.parametrize("config", range(6))
+@pytest.mark.parametrize(
+    "dtype, block", [(torch.bfloat16, (64, 64)), (torch.float16, (16, 16)), (torch.float32, (32, 64))]
+)
+def test_every_config(monkeypatch, dtype, block, config):
+    # each autotune config on its own (index taken modulo each kernel's list)
+    monkeypatch.setenv("SPD_TRITON_CONFIG", str(config))
+    for m in (7, 1000):
+        _check(block, 0.5, m, dtype)
+
+
+def test_autotuned(monkeypatch):
+    monkeypatch.setenv("SPD_TRITON_AUTOTUNE", "1")
+    for m in (1, 4096):
+        _check((64, 64), 0.9, m, torch.bfloat16)
+        _check((32, 32), 0.5, m, torch.float16)
+
+
+def test_tf32_follows_torch_matmul_precision():
+    # TF32 when torch allows it for its own fp32 matmuls: the dense baseline then uses TF32 too
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        _check((32, 32), 0.5, 257, torch.float32)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_split_weight_grad_is_deterministic():
+    from spd_kernels.triton_ops import load
+
+    kernels = load("bsr_linear")
+    W, _ = random_sparse(256, 256, (64, 64), 0.9, dtype=torch.bfloat16, device="cuda")
+    x = torch.randn(8192, 256, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn(8192, 256, device="cuda", dtype=torch.bfloat16)
+    assert kernels.sdd_split(8192, W.nnz_blocks, x.device) > 1
+    first = kernels.bsr_sdd(dy, x, W.values, W.metadata())
+    for _ in range(3):
+        assert torch.equal(kernels.bsr_sdd(dy, x, W.values, W.metadata()), first)
+    ref = _sampled(W, dy.double().t() @ x.double())
+    assert_close_to_ref(first, ref, _sampled(W, dy.t() @ x), "split weight grad")
+
+
+def test_strided_operands():
+    from spd_kernels.triton_ops import load
+
+    kernels = load("bsr_linear")
+    W, dense = random_sparse(128, 192, (32, 64), 0.5, dtype=torch.float16, device="cuda")
+    x = torch.randn(192, 77, device="cuda", dtype=torch.float16).t()
+    dy = torch.randn(128, 77, device="cuda", dtype=torch.float16).t()
+    y, _ = kernels.bsr_dds_t(x, W.values, W.metadata())
+    assert_close_to_ref(y, x.double() @ dense.double().t(), x @ dense.t(), "forward")
+    dx = kernels.bsr_dds(dy, W.values, W.metadata())
+    assert_close_to_ref(dx, dy.double() @ dense.double(), dy @ dense, "input grad")
+    dv = kernels.bsr_sdd(dy, x, W.values, W.metadata())
+    assert_close_to_ref(dv, _sampled(W, dy.double().t() @ x.double()), _sampled(W, dy.t() @ x), "dW")
+
+
+def test_torch_compile_fullgraph(triton_calls):
+    W, dense = random_sparse(256, 384, (64, 64), 0.75, dtype=torch.bfloat16, device="cuda")
+    bias = torch.randn(256, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(4, 33, 384, device="cuda", dtype=torch.bfloat16)
+
+    def layer(inp):
+        return sk.sparse_linear(inp, W, bias, activation="gelu")
+
+    eager = layer(x)
+    compiled = torch.compile(layer, fullgraph=True)(x)
+    assert "dds_t" in triton_calls
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
+def test_forced_backend_holds_in_cuda_backward(monkeypatch, triton_calls):
+    # use_backend is context-local; the CUDA backward runs on autograd's device thread
+    monkeypatch.delenv("SPD_KERNELS_BACKEND")
+    W, _ = random_sparse(128, 128, (32, 32), 0.5, dtype=torch.float16, device="cuda")
+    values = W.values.clone().requires_grad_(True)
+    x = torch.randn(9, 128, device="cuda", dtype=torch.float16, requires_grad=True)
+    with sk.use_backend("reference"):
+        sk.sparse_linear(x, W.with_values(values)).sum().backward()
+    assert triton_calls == [], f"backward left the forced backend: {triton_calls}"
