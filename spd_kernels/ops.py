@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .activations import NEEDS_PREACT, activation_backward, check_activation
-from .backends import choose_backend
+from .backends import choose_backend, forced_backend, use_backend
 from .formats import SparseMatrix
 
 
@@ -133,6 +133,9 @@ def _setup_context(ctx, inputs, output):
     y, z = output
     ctx.activation = activation
     ctx.has_bias = bias is not None
+    # autograd may run the backward on another thread (one per CUDA device), where the
+    # use_backend() context of the forward is not visible: carry the choice over.
+    ctx.forced_backend = forced_backend()
     ctx.save_for_backward(x, values, *meta, y, z)
 
 
@@ -144,10 +147,11 @@ def _backward(ctx, grad_y, grad_z):
     if grad_z is not None and z.numel():
         dz = dz + grad_z
     dx = dvalues = dbias = None
-    if needs[0]:
-        dx = dds(dz, values, *meta)
-    if needs[1]:
-        dvalues = sdd(dz, x, values, *meta)
+    with use_backend(ctx.forced_backend):
+        if needs[0]:
+            dx = dds(dz, values, *meta)
+        if needs[1]:
+            dvalues = sdd(dz, x, values, *meta)
     if ctx.has_bias and needs[8]:
         dbias = dz.sum(0)
     return (dx, dvalues, None, None, None, None, None, None, dbias, None, None)

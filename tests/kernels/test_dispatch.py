@@ -48,6 +48,14 @@ class _Recorder(Backend):
         self.calls.append("dds_t")
         return BACKENDS["reference"].dds_t(x, values, meta, bias, activation, save_preact)
 
+    def dds(self, dy, values, meta):
+        self.calls.append("dds")
+        return BACKENDS["reference"].dds(dy, values, meta)
+
+    def sdd(self, dy, x, values, meta):
+        self.calls.append("sdd")
+        return BACKENDS["reference"].sdd(dy, x, values, meta)
+
 
 @pytest.fixture
 def recorder(monkeypatch):
@@ -66,6 +74,17 @@ def test_forced_backend_is_used_and_restored(recorder):
     assert sk.forced_backend() is None
     sk.sparse_linear(x, W)
     assert recorder.calls == ["dds_t"]
+
+
+def test_backward_uses_the_backend_forced_at_forward(recorder):
+    """autograd may run backward on another thread (CUDA) or outside the with-block."""
+    W, _ = random_sparse(64, 64, (32, 32), 0.5)
+    x = torch.randn(3, 64, requires_grad=True)
+    v = W.values.clone().requires_grad_(True)
+    with sk.use_backend("recorder"):
+        y = sk.sparse_linear(x, W.with_values(v))
+    y.sum().backward()
+    assert recorder.calls == ["dds_t", "dds", "sdd"]
 
 
 def test_env_var_forces_backend(recorder, monkeypatch):
