@@ -50,9 +50,56 @@ def test_bad_values_exit_2_before_timing(argv, match, tmp_path, capsys):
     assert not out.exists()  # nothing was run or written
 
 
-def test_model_without_loader_is_a_clear_error(tmp_path, capsys):
+def test_model_dir_that_is_not_a_pruned_model_is_a_clear_error(tmp_path, capsys):
     assert main(["profile", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "no loader of saved pruned models" in capsys.readouterr().err
+    assert "not a pruned-model directory" in capsys.readouterr().err
+
+
+def test_profile_a_saved_pruned_model(tmp_path):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    import spd_kernels as sk
+
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    model = BertModel(cfg).eval()
+    sk.sparsify(model, sk.SparsityConfig(block=(16, 16)))
+    for m in model.modules():
+        if isinstance(m, sk.MaskedLinear):
+            m.set_mask(torch.rand(m.out_features // 16, m.in_features // 16) < 0.5)
+    sk.save_pruned(sk.export(model), tmp_path / "pruned")
+    out = tmp_path / "o"
+    rc = main(
+        [
+            "profile",
+            "--model",
+            str(tmp_path / "pruned"),
+            "--batch",
+            "1",
+            "--seq-len",
+            "8",
+            "--min-run-time",
+            "0.01",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--no-compile",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    text = (out / "model.csv").read_text()
+    assert "model_forward" in text and "spd_kernels" in text
 
 
 def test_tiny_end_to_end_run(tmp_path):
