@@ -136,6 +136,26 @@ def set_attention_implementation(model: nn.Module, impl: str = "eager") -> None:
         model.config._attn_implementation = impl
 
 
+@torch.no_grad()
+def ensure_output_capture(model: nn.Module) -> None:
+    """Make the model install its hidden-state / attention recording hooks now.
+
+    Hugging Face models install these hooks lazily on the first forward that asks for
+    ``output_hidden_states`` / ``output_attentions``. Grafting swaps teacher layers into the
+    student, so both models must have installed their own hooks *before* the first swap;
+    otherwise the student would hook the teacher's layers a second time and record them twice.
+    A one-token forward in eval mode (no dropout, so no RNG is consumed) does it.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        ids = torch.zeros(1, 2, dtype=torch.long, device=device)
+        model(input_ids=ids, output_hidden_states=True, output_attentions=True)
+    finally:
+        model.train(was_training)
+
+
 def load_pretrained(
     name_or_path: str, num_labels: int, problem_type: Optional[str] = None
 ) -> Tuple[nn.Module, object]:
@@ -237,6 +257,7 @@ __all__ = [
     "EMBEDDED_MODEL",
     "build_from_spec",
     "embedded_model_path",
+    "ensure_output_capture",
     "encoder_layers",
     "load_model",
     "load_pretrained",
