@@ -46,9 +46,9 @@ def write_vocab(path: str) -> str:
 
 
 def tiny_tokenizer(tmpdir: str):
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer  # the fast (tokenizers) implementation in transformers 5
 
-    return BertTokenizerFast(vocab_file=write_vocab(os.path.join(tmpdir, "vocab.txt")), do_lower_case=True)
+    return BertTokenizer(vocab=write_vocab(os.path.join(tmpdir, "vocab.txt")), do_lower_case=True)
 
 
 def sentences(n: int, seed: int = 0):
