@@ -65,7 +65,10 @@ def embedded_model_path() -> str:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    return embedded_model_path() if name_or_path == EMBEDDED_MODEL else name_or_path
+    if name_or_path == EMBEDDED_MODEL:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local files only: never ask the hub
+        return embedded_model_path()
+    return name_or_path
 
 
 def _model_type(model: nn.Module) -> str:
@@ -175,24 +178,42 @@ def load_pretrained(
     return model, tok
 
 
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a Hugging Face model name/path, a saved spd model or 'embedded'."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+
+
 def model_spec(model: nn.Module) -> dict:
+    # a saved model carries its final pattern as the mask: scores are a training-time device
     return {
         "format": 1,
-        "masked": {
-            n: {"block": list(m.block), "scores": m.score_mode} for n, m in masked_linears(model).items()
-        },
+        "masked": {n: {"block": list(m.block), "scores": None} for n, m in masked_linears(model).items()},
     }
 
 
+def inference_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The state dict to save: for layers with movement scores, the mask becomes the
+    effective (binarized) mask and the scores are dropped."""
+    state = dict(model.state_dict())
+    for name, m in masked_linears(model).items():
+        if m.scores is not None:
+            state.pop(f"{name}.scores", None)
+            with torch.no_grad():
+                state[f"{name}.mask"] = m.effective_mask().detach() != 0
+    return state
+
+
 def save_model(model: nn.Module, tokenizer, path: str) -> None:
-    """Write ``model`` (with masks/scores) and its tokenizer to the directory ``path``."""
+    """Write ``model`` (weights and final masks) and its tokenizer to the directory ``path``."""
     from .checkpoint import atomic_save_tensors, atomic_write_json
 
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
-    atomic_save_tensors(os.path.join(path, WEIGHTS_FILE), model.state_dict())
+    atomic_save_tensors(os.path.join(path, WEIGHTS_FILE), inference_state(model))
     # written last: its presence marks a complete model directory
     atomic_write_json(os.path.join(path, SPD_MODEL_FILE), model_spec(model))
 
@@ -261,6 +282,7 @@ __all__ = [
     "encoder_layers",
     "load_model",
     "load_pretrained",
+    "load_tokenizer",
     "load_state_strict",
     "make_prunable",
     "masked_linears",
