@@ -1,6 +1,7 @@
 """The CLI end to end on a tiny model: finetune -> prune (each method) -> eval -> compare."""
 
 import json
+import math
 
 import pytest
 from spd_tiny import save_tiny_model_dir, sentences, write_csv
@@ -99,3 +100,26 @@ def test_config_file_and_compare(setup, capsys, tmp_path):
     rows = json.loads(capsys.readouterr().out)
     by_run = {row["run"]: row for row in rows}
     assert by_run["from-yaml"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_grad_accumulation_matches_one_big_batch_and_bf16_runs(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    save_tiny_model_dir(str(tmp_path / "m0"), dropout=0.0)
+    rows = sentences(30, seed=9)
+    write_csv(tmp_path / "tr.csv", rows[:20])
+    write_csv(tmp_path / "dv.csv", rows[20:])
+    base = ["finetune", "--model", str(tmp_path / "m0"), "--task", "files",
+            "--train-file", str(tmp_path / "tr.csv"), "--validation-file", str(tmp_path / "dv.csv"),
+            "--epochs", "2", "--lr", "1e-3", "--batch-size", "8", "--no-progress", "--cache-dir", "none",
+            "--threads", "1"]  # fmt: skip
+    assert main([*base, "--output-dir", str(tmp_path / "a1")]) == 0
+    assert main([*base, "--output-dir", str(tmp_path / "a4"), "--grad-accum", "4"]) == 0
+    w1 = load_file(str(tmp_path / "a1" / "final" / "model.safetensors"))
+    w4 = load_file(str(tmp_path / "a4" / "final" / "model.safetensors"))
+    for k in w1:
+        assert torch.allclose(w1[k], w4[k], rtol=0, atol=1e-3), k  # float noise only (Adam, ~lr per step)
+    assert main([*base, "--output-dir", str(tmp_path / "bf16"), "--bf16"]) == 0
+    r = json.loads((tmp_path / "bf16" / "results.json").read_text())
+    assert math.isfinite(r["final"]["validation"]["loss"])
