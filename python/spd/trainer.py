@@ -503,7 +503,20 @@ class Trainer:
 
             if cfg.log_every and (done % cfg.log_every == 0 or done == total):
                 loss_all = all_reduce_sum(loss_val, info)
-                parts_all = {k: all_reduce_sum(v, info) for k, v in sorted(parts_sum.items())}
+                # the same keys on every process (one may have had no examples this step)
+                keys = [
+                    k
+                    for k, w in (
+                        ("ce", dcfg.alpha_ce),
+                        ("logit", dcfg.alpha_logit),
+                        ("hidden", dcfg.alpha_hidden),
+                        ("attn", dcfg.alpha_attn),
+                    )
+                    if w > 0
+                ]
+                if pruner is not None and pruner.config.method == "soft-movement":
+                    keys.append("l1")
+                parts_all = {k: all_reduce_sum(parts_sum.get(k, 0.0), info) for k in keys}
                 sparsity = model_sparsity(masked) if masked else 0.0
                 rec = {
                     "phase": phase.name,
