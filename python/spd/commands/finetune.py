@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import check_file_sections
+from ..data import DataConfig
 from ..distributed import cleanup, init_distributed
 from ..models import load_tokenizer
 from ..spd import finetune_phases
-from ..trainer import Trainer
+from ..trainer import TrainConfig, Trainer
 from ._common import (
     Timer,
     add_common_arguments,
@@ -45,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     try:
         file_cfg = read_config_file(args)
+        top = {"model": "embedded", "epochs": 3, "lr": 5e-5}
+        for k in top:
+            top[k] = getattr(args, k, None) if hasattr(args, k) else file_cfg.pop(k, top[k])
+        args.model, args.epochs, args.lr = top["model"], int(top["epochs"]), float(top["lr"])
+        check_file_sections(file_cfg, {"data": DataConfig, "train": TrainConfig})
         data_cfg, train_cfg = data_and_train_configs(args, file_cfg)
     except (ValueError, TypeError, FileNotFoundError) as e:
         return fail(str(e))
