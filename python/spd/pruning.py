@@ -1,0 +1,298 @@
+"""Pruning policies on :class:`spd_kernels.nn.MaskedLinear` layers.
+
+A :class:`Pruner` owns the prunable layers of one model and, called once per optimizer step
+(:meth:`Pruner.update`), moves them along the cubic sparsity schedule:
+
+* ``magnitude`` — keep the largest ``|W|`` (summed per block at block granularity), per layer
+  (``scope="local"``) or with one threshold over all layers (``scope="global"``).
+* ``movement`` — hard movement pruning (Sanh et al. 2020): learnable scores ``S`` receive the
+  straight-through gradient ``Σ_block (∂L/∂W') ⊙ W`` (the binarizer passes everything
+  forward and the gradient through); at each mask update the mask keeps the top-k scores.
+* ``soft-movement`` — the forward mask is ``σ(S) > τ_t`` (straight-through), and the loss gets
+  ``λ_t · mean σ(S)`` (:meth:`Pruner.regularization`); τ and λ follow the cubic progress. At
+  each mask update the thresholded pattern is committed, never sparser than the cubic
+  schedule (the lowest scores beyond it stay), and at the end of the ramp the exact final
+  sparsity is enforced by score, so every method ends at the same budget.
+
+Committed masks go through ``MaskedLinear.set_mask`` without ``allow_regrow``: a pruned
+weight never comes back. Masks are recomputed every ``update_every`` steps; between updates
+the committed pattern is fixed (what the sparse kernels need).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from spd_kernels.nn import MaskedLinear, reduce_to_blocks, topk_mask
+
+from .schedules import cubic_progress, cubic_sparsity, soft_movement_lambda, soft_movement_threshold
+
+METHODS = ("none", "magnitude", "movement", "soft-movement")
+SCOPES = ("local", "global")
+
+# MaskedLinear score mode per method: hard movement uses the plain threshold binarizer at
+# -inf (all ones forward, straight-through backward) and prunes by committing top-k masks.
+_SCORE_MODE = {"none": None, "magnitude": None, "movement": "threshold", "soft-movement": "sigmoid_threshold"}
+
+
+def parse_granularity(granularity: str) -> Tuple[int, int]:
+    """``"element"`` -> (1, 1); ``"block32"`` -> (32, 32); ``"block16x32"`` -> (16, 32)."""
+    if not isinstance(granularity, str):
+        raise TypeError(f"granularity must be a string, got {type(granularity).__name__}")
+    if granularity == "element":
+        return (1, 1)
+    m = re.fullmatch(r"block(\d+)(?:x(\d+))?", granularity)
+    if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise ValueError(
+            f"granularity must be 'element', 'blockN' or 'blockMxN' (e.g. block32, block16x32), "
+            f"got {granularity!r}"
+        )
+    bm = int(m.group(1))
+    return (bm, int(m.group(2)) if m.group(2) else bm)
+
+
+@dataclass
+class PruningConfig:
+    method: str = field(
+        default="magnitude",
+        metadata={"help": f"pruning policy, one of {METHODS}", "choices": METHODS},
+    )
+    sparsity: float = field(
+        default=0.9, metadata={"help": "final fraction of pruned weights in every prunable layer"}
+    )
+    granularity: str = field(
+        default="element",
+        metadata={"help": "mask granularity: element, blockN (N x N blocks) or blockMxN"},
+    )
+    scope: str = field(
+        default="local",
+        metadata={
+            "help": "top-k per layer (local) or over all layers at once (global); soft movement "
+            "enforces its final budget globally",
+            "choices": SCOPES,
+        },
+    )
+    warmup_fraction: float = field(
+        default=0.1, metadata={"help": "fraction of the pruning phase kept dense before the cubic ramp"}
+    )
+    cooldown_fraction: float = field(
+        default=0.2,
+        metadata={"help": "fraction of the pruning phase at the final sparsity after the ramp"},
+    )
+    update_every: int = field(default=10, metadata={"help": "recompute the masks every this many steps"})
+    score_init: float = field(default=0.0, metadata={"help": "initial value of movement scores"})
+    score_lr: float = field(default=1e-2, metadata={"help": "learning rate of movement scores"})
+    soft_threshold_init: float = field(
+        default=0.0, metadata={"help": "soft movement: sigmoid threshold at the start of the ramp"}
+    )
+    soft_threshold_final: float = field(
+        default=0.5, metadata={"help": "soft movement: sigmoid threshold at the end of the ramp"}
+    )
+    soft_lambda: float = field(
+        default=10.0, metadata={"help": "soft movement: final weight of the L1 penalty on sigmoid(scores)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"pruning method must be one of {METHODS}, got {self.method!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if not 0.0 <= self.sparsity <= 1.0:
+            raise ValueError(f"sparsity must lie in [0, 1], got {self.sparsity}")
+        parse_granularity(self.granularity)
+        for name in ("warmup_fraction", "cooldown_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {v}")
+        if self.warmup_fraction + self.cooldown_fraction > 1.0:
+            raise ValueError(
+                f"warmup_fraction + cooldown_fraction must be <= 1, got "
+                f"{self.warmup_fraction} + {self.cooldown_fraction}"
+            )
+        if self.update_every < 1:
+            raise ValueError(f"update_every must be >= 1, got {self.update_every}")
+
+    @property
+    def block(self) -> Tuple[int, int]:
+        return parse_granularity(self.granularity)
+
+    @property
+    def score_mode(self) -> Optional[str]:
+        return _SCORE_MODE[self.method]
+
+
+def global_topk_masks(importances: List[Tensor], alive: List[Tensor], density: float) -> List[Tensor]:
+    """One top-k over several importance tensors: keep ``round(density · Σ numel)`` entries
+    among the ``alive`` ones (bool, same shapes). Returns bool masks shaped like the inputs."""
+    if not importances:
+        return []
+    flat = torch.cat(
+        [imp.detach().float().masked_fill(~a, -math.inf).flatten() for imp, a in zip(importances, alive)]
+    )
+    keep = topk_mask(flat, density)
+    out, start = [], 0
+    for imp in importances:
+        out.append(keep[start : start + imp.numel()].view_as(imp))
+        start += imp.numel()
+    return out
+
+
+def _keep_top(importance: Tensor, alive: Tensor, density: float) -> Tensor:
+    return topk_mask(importance.detach().float().masked_fill(~alive, -math.inf), density)
+
+
+class Pruner:
+    """Drives the masks of ``modules`` (name -> MaskedLinear) through one pruning phase of
+    ``total_steps`` optimizer steps. Call :meth:`update` with the phase step before each
+    forward pass, and add :meth:`regularization` to the loss."""
+
+    def __init__(self, modules: Mapping[str, MaskedLinear], config: PruningConfig, total_steps: int):
+        if total_steps < 1:
+            raise ValueError(f"a pruning phase needs at least one step, got total_steps={total_steps}")
+        for name, m in modules.items():
+            if not isinstance(m, MaskedLinear):
+                raise TypeError(f"{name} is {type(m).__name__}, not a MaskedLinear")
+            if tuple(m.block) != config.block:
+                raise ValueError(f"{name} has block {m.block}, the pruning config asks for {config.block}")
+            if config.score_mode is not None and m.score_mode != config.score_mode:
+                raise ValueError(
+                    f"{name} has scores={m.score_mode!r}; {config.method} needs scores={config.score_mode!r}"
+                )
+        self.modules: Dict[str, MaskedLinear] = dict(modules)
+        self.config = config
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(round(config.warmup_fraction * total_steps))
+        self.cooldown_steps = int(round(config.cooldown_fraction * total_steps))
+        self.last_update: Optional[int] = None
+
+    # ------------------------------------------------------------------ schedule values
+    def _sched(self, step: int) -> Tuple[int, int, int]:
+        # the value used during step k is the schedule after k+1 steps, so the last step of a
+        # phase without cool-down already runs at the final sparsity
+        return min(step + 1, self.total_steps), self.total_steps, self.warmup_steps
+
+    @property
+    def ramp_end(self) -> int:
+        """First step that runs at the final sparsity."""
+        return max(self.total_steps - self.cooldown_steps - 1, 0)
+
+    def target_sparsity(self, step: int) -> float:
+        s, total, warm = self._sched(step)
+        return cubic_sparsity(s, total, self.config.sparsity, 0.0, warm, self.cooldown_steps)
+
+    def progress(self, step: int) -> float:
+        s, total, warm = self._sched(step)
+        return cubic_progress(s, total, warm, self.cooldown_steps)
+
+    def threshold(self, step: int) -> float:
+        c = self.config
+        s, total, warm = self._sched(step)
+        return soft_movement_threshold(
+            s, total, c.soft_threshold_init, c.soft_threshold_final, warm, self.cooldown_steps
+        )
+
+    def lambda_(self, step: int) -> float:
+        s, total, warm = self._sched(step)
+        return soft_movement_lambda(s, total, self.config.soft_lambda, warm, self.cooldown_steps)
+
+    # ------------------------------------------------------------------ per step
+    @torch.no_grad()
+    def update(self, step: int) -> bool:
+        """Set the binarizer targets for ``step`` and, every ``update_every`` steps (and at
+        the step the ramp ends), commit new masks. Returns True when masks were committed."""
+        c = self.config
+        if c.method == "none":
+            return False
+        if c.method == "movement":
+            for m in self.modules.values():
+                m.threshold = -math.inf  # binarizer passes all; the committed mask prunes
+        ramp_end = self.ramp_end
+        if c.method == "soft-movement":
+            # after the ramp the committed mask alone decides, so the budget holds exactly
+            tau = self.threshold(step) if step < ramp_end else -math.inf
+            for m in self.modules.values():
+                m.threshold = tau
+        due = step % c.update_every == 0 or step == ramp_end
+        if not due or step == self.last_update or step > self.total_steps:
+            return False
+        self.commit(self.target_sparsity(step), exact=step >= ramp_end, step=step)
+        self.last_update = step
+        return True
+
+    def _importance(self, m: MaskedLinear) -> Tensor:
+        if self.config.method == "magnitude":
+            return reduce_to_blocks(m.weight.detach().abs().float(), m.block)
+        return m.scores.detach().float()
+
+    @torch.no_grad()
+    def commit(self, sparsity: float, exact: bool = False, step: Optional[int] = None) -> None:
+        """Intersect every layer's mask with the pattern for ``sparsity`` (never regrows)."""
+        c = self.config
+        density = 1.0 - sparsity
+        names = list(self.modules)
+        mods = [self.modules[n] for n in names]
+        alive = [reduce_to_blocks(m.mask, m.block, "any") for m in mods]
+        imps = [self._importance(m) for m in mods]
+        if c.method == "soft-movement":
+            tau = self.threshold(step if step is not None else self.total_steps)
+            kept = [a & (torch.sigmoid(s) > tau) for a, s in zip(alive, imps)]
+            total = sum(a.numel() for a in alive)
+            n_kept = sum(int(k.sum()) for k in kept)
+            if exact or n_kept < round(density * total):
+                # too sparse for the schedule (or the end of the ramp): top-k by score instead
+                kept = global_topk_masks(imps, alive, density)
+            new = kept
+        elif c.scope == "global":
+            new = global_topk_masks(imps, alive, density)
+        else:
+            new = [_keep_top(imp, a, density) for imp, a in zip(imps, alive)]
+        for m, mask in zip(mods, new):
+            m.set_mask(mask)
+
+    def regularization(self, step: int) -> Optional[Tensor]:
+        """Soft movement's ``λ_t · mean σ(S)`` over all scores (differentiable), else None."""
+        if self.config.method != "soft-movement" or step >= self.ramp_end:
+            return None
+        lam = self.lambda_(step)
+        scores = [m.scores for m in self.modules.values()]
+        n = sum(s.numel() for s in scores)
+        total = sum(torch.sigmoid(s).sum() for s in scores)
+        return lam * total / n
+
+    # ------------------------------------------------------------------ reporting
+    def sparsity(self) -> float:
+        """Fraction of weights the forward pass drops, over all prunable layers."""
+        return model_sparsity(self.modules)
+
+    def state_dict(self) -> dict:
+        return {"last_update": self.last_update}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_update = state.get("last_update")
+
+
+@torch.no_grad()
+def model_sparsity(modules: Mapping[str, MaskedLinear]) -> float:
+    """Fraction of zeroed weights over the given MaskedLinear layers (fixed masks)."""
+    zeros = total = 0
+    for m in modules.values():
+        em = m.effective_mask()
+        zeros += int((em == 0).sum())
+        total += em.numel()
+    return zeros / total if total else 0.0
+
+
+__all__ = [
+    "METHODS",
+    "Pruner",
+    "PruningConfig",
+    "global_topk_masks",
+    "model_sparsity",
+    "parse_granularity",
+]

@@ -1,0 +1,181 @@
+"""Sparse Progressive Distillation and the pruning baselines as lists of trainer phases.
+
+SPD (Huang et al. 2022), method ``spd``:
+
+1. ``teacher`` — fine-tune the dense model on the task (skipped when a fine-tuned teacher is
+   given); the best validation model is the teacher.
+2. ``spd`` — a copy of the teacher is pruned by magnitude along the cubic schedule while each
+   encoder layer position runs the student's layer with probability ``p`` (else the
+   teacher's), ``p`` rising to 1; loss = hidden-state MSE + attention MSE + soft
+   cross-entropy on logits; its own learning-rate cycle.
+3. ``distill`` — the fully sparse student (``p = 1``, masks fixed) is distilled with the same
+   loss and a fresh learning-rate cycle.
+
+Baselines (``magnitude``, ``movement``, ``soft-movement``) run the same loop without
+grafting: a pruning phase (cubic schedule) and a fixed-mask phase, each with its own cycle,
+with hard-label cross-entropy, optionally plus logit distillation from the teacher (``kd``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from torch import nn
+
+from .distill import DistillConfig
+from .grafting import GraftConfig
+from .models import load_pretrained, make_prunable
+from .pruning import PruningConfig
+from .trainer import Phase
+
+PRUNE_METHODS = ("spd", "magnitude", "movement", "soft-movement")
+
+
+@dataclass
+class StageConfig:
+    model: str = field(
+        default="embedded",
+        metadata={
+            "help": "model to start from: a Hugging Face name or path, a saved spd model, or 'embedded' "
+            "(the packaged all-MiniLM-L6-v2)"
+        },
+    )
+    teacher: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "a fine-tuned dense teacher (path); without it, SPD (and --kd) fine-tune --model first"
+        },
+    )
+    teacher_epochs: int = field(default=3, metadata={"help": "stage 1: epochs of teacher fine-tuning"})
+    teacher_lr: float = field(default=5e-5, metadata={"help": "stage 1: peak learning rate"})
+    prune_epochs: int = field(default=3, metadata={"help": "stage 2: epochs of pruning (cubic schedule)"})
+    prune_lr: float = field(default=5e-5, metadata={"help": "stage 2: peak learning rate"})
+    final_epochs: int = field(
+        default=1, metadata={"help": "stage 3: epochs at the final sparsity (fresh LR cycle)"}
+    )
+    final_lr: float = field(default=3e-5, metadata={"help": "stage 3: peak learning rate"})
+    kd: bool = field(
+        default=False,
+        metadata={"help": "baselines: add logit distillation from the teacher (SPD always distils)"},
+    )
+
+
+def method_distill_defaults(method: str, kd: bool) -> dict:
+    """SPD's loss is hidden + attention + logit distillation; baselines use the labels
+    (plus the teacher's logits with ``kd``)."""
+    if method == "spd":
+        return {"alpha_ce": 0.0, "alpha_logit": 1.0, "alpha_hidden": 1.0, "alpha_attn": 1.0}
+    if kd:
+        return {"alpha_ce": 0.5, "alpha_logit": 0.5, "alpha_hidden": 0.0, "alpha_attn": 0.0}
+    return {"alpha_ce": 1.0, "alpha_logit": 0.0, "alpha_hidden": 0.0, "alpha_attn": 0.0}
+
+
+def _load(name: str, num_labels: int, regression: bool) -> nn.Module:
+    model, _ = load_pretrained(name, num_labels, "regression" if regression else None)
+    return model
+
+
+def finetune_phases(
+    model_name: str,
+    epochs: int,
+    lr: float,
+    num_labels: int,
+    regression: bool,
+    best_dir: str = "best",
+    produces_teacher: bool = False,
+    name: str = "finetune",
+) -> List[Phase]:
+    return [
+        Phase(
+            name=name,
+            epochs=epochs,
+            lr=lr,
+            distill=DistillConfig(alpha_ce=1.0),
+            build=lambda prev, teacher: _load(model_name, num_labels, regression),
+            best_dir=best_dir,
+            produces_teacher=produces_teacher,
+        )
+    ]
+
+
+def prune_phases(
+    method: str,
+    stages: StageConfig,
+    pruning: PruningConfig,
+    distill: DistillConfig,
+    graft: GraftConfig,
+    num_labels: int,
+    regression: bool,
+) -> List[Phase]:
+    """The phases of ``spd prune --method METHOD``."""
+    if method not in PRUNE_METHODS:
+        raise ValueError(f"method must be one of {PRUNE_METHODS}, got {method!r}")
+    if method == "spd" and pruning.method not in ("magnitude",):
+        raise ValueError(f"SPD prunes by magnitude; got pruning method {pruning.method!r}")
+    if method != "spd" and pruning.method != method:
+        raise ValueError(f"pruning config method {pruning.method!r} does not match --method {method}")
+    phases: List[Phase] = []
+    needs_teacher = method == "spd" or distill.needs_teacher
+    if needs_teacher and stages.teacher is None:
+        phases += finetune_phases(
+            stages.model,
+            stages.teacher_epochs,
+            stages.teacher_lr,
+            num_labels,
+            regression,
+            best_dir="teacher",
+            produces_teacher=True,
+            name="teacher",
+        )
+
+    def student(prev: Optional[nn.Module], teacher: Optional[nn.Module]) -> nn.Module:
+        base = teacher if teacher is not None else _load(stages.model, num_labels, regression)
+        s = copy.deepcopy(base)
+        s.train()
+        for p in s.parameters():
+            p.requires_grad_(True)
+        make_prunable(s, block=pruning.block, scores=pruning.score_mode, score_init=pruning.score_init)
+        return s
+
+    stage2 = "spd" if method == "spd" else "prune"
+    phases.append(
+        Phase(
+            name=stage2,
+            epochs=stages.prune_epochs,
+            lr=stages.prune_lr,
+            distill=distill,
+            build=student,
+            pruning=pruning,
+            graft=graft if method == "spd" else None,
+        )
+    )
+    if stages.final_epochs > 0:
+        phases.append(
+            Phase(
+                name="distill" if method == "spd" else "sparse-finetune",
+                epochs=stages.final_epochs,
+                lr=stages.final_lr,
+                distill=distill,
+                build=lambda prev, teacher: prev,
+                freeze_scores=True,
+            )
+        )
+    return phases
+
+
+def spd_pruning_config(pruning: PruningConfig, method: str) -> PruningConfig:
+    """The pruning policy a method uses (SPD: magnitude)."""
+    return dataclasses.replace(pruning, method="magnitude" if method == "spd" else method)
+
+
+__all__ = [
+    "PRUNE_METHODS",
+    "StageConfig",
+    "finetune_phases",
+    "method_distill_defaults",
+    "prune_phases",
+    "spd_pruning_config",
+]

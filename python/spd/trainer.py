@@ -1,0 +1,673 @@
+"""The training loop shared by fine-tuning, the pruning baselines and SPD's stages.
+
+A run is a list of :class:`Phase` objects, each one learning-rate cycle (AdamW, linear
+warm-up and decay) over a number of epochs with its own loss (:class:`DistillConfig`), an
+optional :class:`Pruner` and optional grafting. :class:`Trainer` runs the phases in order and
+writes, under ``output_dir``:
+
+* ``metrics.jsonl`` — one JSON object per logged step and per evaluation (TensorBoard event
+  files too when ``tensorboard`` is installed);
+* ``checkpoint-last.safetensors`` — everything needed to continue exactly (see
+  :mod:`spd.checkpoint`), written every ``save_every`` steps and at each epoch end;
+* ``best/`` (or ``teacher/`` for SPD's first stage) — the model with the best validation
+  metric among the evaluations that count (pruning runs: only at the final sparsity);
+* ``final/`` and ``results.json`` — the last model and the validation/test metrics.
+
+Exact resume: the data order is a pure function of (seed, phase, epoch), the position is the
+step, the schedules are pure functions of the step, and the checkpoint holds weights, masks,
+scores, optimizer moments, pruner and grafting-generator state and every RNG; so a run killed
+at any point and resumed ends bitwise equal to an uninterrupted one on CPU with
+``deterministic=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .data import EncodedSplit, TaskInfo, epoch_order, step_indices, steps_per_epoch
+from .distill import DistillConfig, distillation_loss
+from .distributed import DistInfo, all_reduce_gradients, all_reduce_sum, gather_tensor
+from .grafting import GraftConfig, Grafter
+from .metrics import compute_metrics
+from .models import ensure_output_capture, load_state_strict, masked_linears, save_model
+from .pruning import Pruner, PruningConfig, model_sparsity
+from .schedules import lr_factor
+
+CHECKPOINT = "checkpoint-last.safetensors"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+RESUME_MODES = ("auto", "never", "must")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = field(default="runs/run", metadata={"help": "directory of the run's outputs"})
+    seed: int = field(
+        default=42, metadata={"help": "seed of initialisation, data order, dropout and grafting"}
+    )
+    batch_size: int = field(
+        default=32,
+        metadata={"help": "global batch size per optimizer step (all processes, all micro-batches)"},
+    )
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
+    eval_batch_size: int = field(default=64, metadata={"help": "batch size of evaluation"})
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)"}
+    )
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of each LR cycle spent warming up"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the forward passes"})
+    device: str = field(
+        default="auto",
+        metadata={"help": "auto (CUDA if available), cpu or cuda", "choices": ("auto", "cpu", "cuda")},
+    )
+    threads: int = field(default=0, metadata={"help": "torch CPU threads per process (0 = torch's default)"})
+    deterministic: bool = field(
+        default=False, metadata={"help": "deterministic algorithms (bitwise reproducible resume on CPU)"}
+    )
+    save_every: int = field(
+        default=0, metadata={"help": "also checkpoint every N optimizer steps (0 = epoch ends)"}
+    )
+    log_every: int = field(default=10, metadata={"help": "log loss/sparsity/p every N optimizer steps"})
+    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+    resume: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: continue from output_dir's checkpoint if there is one; never: start over; "
+            "must: fail without a checkpoint",
+            "choices": RESUME_MODES,
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.grad_accum < 1 or self.eval_batch_size < 1:
+            raise ValueError(
+                f"batch_size, grad_accum, eval_batch_size must be >= 1, got "
+                f"{self.batch_size}, {self.grad_accum}, {self.eval_batch_size}"
+            )
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.resume not in RESUME_MODES:
+            raise ValueError(f"resume must be one of {RESUME_MODES}, got {self.resume!r}")
+
+
+@dataclass
+class Phase:
+    """One learning-rate cycle.
+
+    ``build(previous_model, teacher)`` returns the model this phase trains (called again on
+    resume to rebuild the structure before the checkpoint's tensors are loaded)."""
+
+    name: str
+    epochs: int
+    lr: float
+    distill: DistillConfig
+    build: Callable[[Optional[nn.Module], Optional[nn.Module]], nn.Module]
+    pruning: Optional[PruningConfig] = None
+    graft: Optional[GraftConfig] = None
+    best_dir: str = "best"
+    produces_teacher: bool = False  # the best model of this phase becomes the teacher
+    freeze_scores: bool = False  # masks fixed: score binarizers pass everything, scores not trained
+
+
+def _no_decay(name: str) -> bool:
+    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, score_lr: float) -> torch.optim.AdamW:
+    """AdamW with three groups: decayed weights, undecayed biases/LayerNorm, scores (own LR)."""
+    groups: Dict[str, List[nn.Parameter]] = {"decay": [], "no_decay": [], "scores": []}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if n.endswith("scores"):
+            groups["scores"].append(p)
+        elif _no_decay(n):
+            groups["no_decay"].append(p)
+        else:
+            groups["decay"].append(p)
+    spec = [
+        {"params": groups["decay"], "lr": lr, "weight_decay": weight_decay, "base_lr": lr},
+        {"params": groups["no_decay"], "lr": lr, "weight_decay": 0.0, "base_lr": lr},
+        {"params": groups["scores"], "lr": score_lr, "weight_decay": 0.0, "base_lr": score_lr},
+    ]
+    return torch.optim.AdamW([g for g in spec if g["params"]], lr=lr, foreach=False)
+
+
+class MetricsLog:
+    """Append-only JSONL (main process), plus TensorBoard scalars when available."""
+
+    def __init__(self, path: str, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(os.path.dirname(path), "tb"))
+            except Exception:  # tensorboard not installed: JSONL only
+                self.tb = None
+
+    def offset(self) -> int:
+        return os.path.getsize(self.path) if self.enabled and os.path.exists(self.path) else 0
+
+    def truncate(self, offset: int) -> None:
+        """Drop lines written after the checkpoint being resumed (they will be re-logged)."""
+        if self.enabled and os.path.exists(self.path):
+            with open(self.path, "r+b") as f:
+                f.truncate(offset)
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.tb is not None and "step" in record:
+            tag = record.get("phase", "")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{tag}/{k}", v, record["global_step"])
+            for k, v in (record.get("eval") or {}).items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{tag}/eval_{k}", v, record["global_step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, data: EncodedSplit, task: TaskInfo, batch_size: int, device, bf16: bool = False
+) -> Dict[str, float]:
+    """Task metrics and mean loss of ``model`` on ``data``; batches sorted by length (less
+    padding), predictions put back in order."""
+    was = model.training
+    model.eval()
+    lens = (data.offsets[1:] - data.offsets[:-1]).tolist()
+    order = sorted(range(len(data)), key=lambda i: lens[i])
+    preds: List[Any] = [None] * len(data)
+    loss_sum = 0.0
+    ctx = (
+        torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    )
+    try:
+        for a in range(0, len(order), batch_size):
+            idx = order[a : a + batch_size]
+            b = {k: v.to(device) for k, v in data.collate(idx).items()}
+            with ctx:
+                logits = model(
+                    input_ids=b["input_ids"],
+                    attention_mask=b["attention_mask"],
+                    token_type_ids=b["token_type_ids"],
+                ).logits.float()
+            if task.regression:
+                p = logits[:, 0]
+                loss_sum += float(((p - b["labels"].float()) ** 2).sum())
+            else:
+                p = logits.argmax(-1)
+                loss_sum += float(torch.nn.functional.cross_entropy(logits, b["labels"], reduction="sum"))
+            for i, v in zip(idx, p.cpu().tolist()):
+                preds[i] = v
+    finally:
+        model.train(was)
+    out = compute_metrics(task.metrics, preds, data.labels.tolist()) if len(data) else {}
+    out["loss"] = loss_sum / max(len(data), 1)
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Runs a list of phases on one task (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        info: DistInfo,
+        task: TaskInfo,
+        splits: Dict[str, EncodedSplit],
+        tokenizer,
+        fingerprint: Dict[str, Any],
+    ):
+        self.cfg = config
+        self.info = info
+        self.task = task
+        self.splits = splits
+        self.tokenizer = tokenizer
+        self.fingerprint = dict(fingerprint)
+        self.out = config.output_dir
+        if info.is_main:
+            os.makedirs(self.out, exist_ok=True)
+        self.log = MetricsLog(os.path.join(self.out, METRICS), info.is_main)
+        self.best: Dict[str, float] = {}  # best_dir -> best validation metric
+        self.history: List[Dict[str, Any]] = []
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        if not self.cfg.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
+
+    def _batch(self, split: EncodedSplit, idx: List[int]) -> Dict[str, torch.Tensor]:
+        return {k: v.to(self.info.device) for k, v in split.collate(idx).items()}
+
+    def evaluate(self, model: nn.Module, split: str = "validation") -> Dict[str, float]:
+        """Metrics of ``model`` alone (no grafting) on a split."""
+        return evaluate_model(
+            model, self.splits[split], self.task, self.cfg.eval_batch_size, self.info.device, self.cfg.bf16
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(
+        self,
+        phase_index: int,
+        phase: Phase,
+        step: int,
+        total: int,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        pruner: Optional[Pruner],
+        grafter: Optional[Grafter],
+        p: float,
+    ) -> None:
+        rng_meta, rng_t = ckpt.capture_rng()
+        # every rank's torch generator (dropout differs per rank); python/numpy are not
+        # consumed per rank, rank 0's stand for all
+        all_torch = gather_tensor(torch.get_rng_state(), self.info)
+        if not self.info.is_main:
+            return
+        tensors: Dict[str, torch.Tensor] = {f"model/{k}": v for k, v in model.state_dict().items()}
+        opt_meta, opt_t = ckpt.optimizer_to_flat(opt)
+        tensors.update(opt_t)
+        tensors.update(rng_t)
+        for r, s in enumerate(all_torch):
+            tensors[f"rng/torch_rank/{r}"] = s
+        if grafter is not None:
+            tensors.update({f"graft/{k}": v for k, v in grafter.state_dict().items()})
+        state = {
+            "fingerprint": self.fingerprint,
+            "phase_index": phase_index,
+            "phase": phase.name,
+            "step": step,
+            "total_steps": total,
+            "global_step": self.global_step,
+            "p": p,
+            "pruner": pruner.state_dict() if pruner is not None else None,
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+            "best": self.best,
+            "history": self.history,
+            "metrics_offset": self.log.offset(),
+        }
+        ckpt.save_checkpoint(os.path.join(self.out, CHECKPOINT), state, tensors)
+
+    def load_resume_state(self) -> Optional[Tuple[dict, Dict[str, torch.Tensor]]]:
+        path = os.path.join(self.out, CHECKPOINT)
+        if self.cfg.resume == "never" or not os.path.exists(path):
+            if self.cfg.resume == "must":
+                raise FileNotFoundError(f"--resume must: no checkpoint at {path}")
+            if self.cfg.resume == "never" and self.info.is_main:
+                for f in (CHECKPOINT, METRICS, RESULTS):
+                    if os.path.exists(os.path.join(self.out, f)):
+                        os.remove(os.path.join(self.out, f))
+            return None
+        state, tensors = ckpt.load_checkpoint(path)
+        ckpt.check_fingerprint(state["fingerprint"], self.fingerprint, path)
+        if self.info.is_main:
+            print(
+                f"resuming from {path}: phase {state['phase']}, step {state['step']}/{state['total_steps']}",
+                file=sys.stderr,
+            )
+        return state, tensors
+
+    def _restore(
+        self,
+        state: dict,
+        tensors: Dict[str, torch.Tensor],
+        opt: Optional[torch.optim.Optimizer],
+        pruner: Optional[Pruner],
+        grafter: Optional[Grafter],
+    ) -> None:
+        if opt is not None:
+            ckpt.optimizer_from_flat(opt, state["optimizer"], tensors)
+        if pruner is not None and state.get("pruner") is not None:
+            pruner.load_state_dict(state["pruner"])
+        if grafter is not None:
+            g = ckpt.split_prefix(tensors, "graft")
+            if not g:
+                raise ValueError("checkpoint has no grafting state but this phase grafts")
+            grafter.load_state_dict(g)
+        self.restore_rng(state, tensors)
+        self.best = dict(state.get("best") or {})
+        self.history = list(state.get("history") or [])
+        self.global_step = int(state["global_step"])
+        self.log.truncate(int(state.get("metrics_offset", 0)))
+
+    def restore_rng(self, state: dict, tensors: Dict[str, torch.Tensor]) -> None:
+        ckpt.restore_rng(state["rng"], tensors)
+        per_rank = ckpt.split_prefix(tensors, "rng/torch_rank")
+        if per_rank:
+            if str(self.info.rank) not in per_rank or len(per_rank) != self.info.world_size:
+                raise ValueError(
+                    f"checkpoint was written by {len(per_rank)} processes, "
+                    f"this run has {self.info.world_size}"
+                )
+            torch.set_rng_state(per_rank[str(self.info.rank)])
+
+    def load_model_state(self, model: nn.Module, tensors: Dict[str, torch.Tensor], what: str) -> None:
+        state = ckpt.split_prefix(tensors, "model")
+        load_state_strict(model, {k: v.to(self.info.device) for k, v in state.items()}, what)
+
+    # ------------------------------------------------------------------ one phase
+    def run_phase(
+        self,
+        phase_index: int,
+        phase: Phase,
+        model: nn.Module,
+        teacher: Optional[nn.Module],
+        resume: Optional[Tuple[dict, Dict[str, torch.Tensor]]] = None,
+    ) -> nn.Module:
+        cfg, info = self.cfg, self.info
+        train = self.splits["train"]
+        if len(train) == 0:
+            raise ValueError("the training split is empty")
+        world_batch = info.world_size * cfg.grad_accum
+        if cfg.batch_size % world_batch:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} must be divisible by processes x grad_accum = {world_batch}"
+            )
+        spe = steps_per_epoch(len(train), cfg.batch_size)
+        total = phase.epochs * spe
+        if total < 1:
+            raise ValueError(f"phase {phase.name} has no steps (epochs={phase.epochs})")
+        warmup = int(round(cfg.warmup_ratio * total))
+        dcfg = phase.distill
+        if dcfg.needs_teacher and teacher is None:
+            raise ValueError(f"phase {phase.name} distils but no teacher is available")
+
+        model.to(info.device).train()
+        masked = masked_linears(model)
+        if phase.freeze_scores:
+            for m in masked.values():
+                m.threshold = -math.inf  # the committed mask alone decides
+                if m.scores is not None:
+                    m.scores.requires_grad_(False)
+        pruner = None
+        if phase.pruning is not None and phase.pruning.method != "none":
+            pruner = Pruner(masked, phase.pruning, total)
+        grafter = None
+        if phase.graft is not None:
+            grafter = Grafter(model, teacher, seed=cfg.seed * 7919 + phase_index)
+        if teacher is not None:
+            teacher.to(info.device).eval()
+            for p_ in teacher.parameters():
+                p_.requires_grad_(False)
+        if dcfg.needs_hidden or dcfg.needs_attentions or grafter is not None:
+            ensure_output_capture(model)
+            if teacher is not None:
+                ensure_output_capture(teacher)
+        score_lr = phase.pruning.score_lr if phase.pruning is not None else phase.lr
+        opt = build_optimizer(model, phase.lr, cfg.weight_decay, score_lr)
+        trainable = [p_ for g in opt.param_groups for p_ in g["params"]]
+
+        start = 0
+        if resume is not None:
+            state, tensors = resume
+            self._restore(state, tensors, opt, pruner, grafter)
+            start = int(state["step"])
+
+        bar = None
+        if cfg.progress and info.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=start, desc=phase.name, dynamic_ncols=True, leave=True)
+        out_kwargs = {"output_hidden_states": dcfg.needs_hidden, "output_attentions": dcfg.needs_attentions}
+        p = 1.0
+        t0 = time.time()
+        order_seed = cfg.seed * 31 + phase_index
+        for step in range(start, total):
+            epoch, in_epoch = divmod(step, spe)
+            order = epoch_order(len(train), order_seed, epoch)
+            if pruner is not None:
+                pruner.update(step)
+            choices = None
+            if grafter is not None:
+                p = phase.graft.probability(step, total)
+                choices = grafter.sample(p)
+            factor = lr_factor(step, total, warmup)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+
+            micro = step_indices(order, in_epoch, cfg.batch_size, cfg.grad_accum, info.world_size, info.rank)
+            n_global = min(cfg.batch_size, len(train) - in_epoch * cfg.batch_size)
+            loss_val = 0.0
+            parts_sum: Dict[str, float] = {}
+            for j, idx in enumerate(micro):
+                reg = pruner.regularization(step) if (pruner is not None and j == 0) else None
+                if not idx and reg is None:
+                    continue
+                loss = torch.zeros((), device=info.device)
+                if idx:
+                    b = self._batch(train, idx)
+                    inputs = {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+                    with self._autocast():
+                        t_out = None
+                        if dcfg.needs_teacher:
+                            with torch.no_grad():
+                                t_out = teacher(**inputs, **out_kwargs)
+                        graft_ctx = (
+                            grafter.grafted(choices) if grafter is not None else contextlib.nullcontext()
+                        )
+                        with graft_ctx:
+                            s_out = model(**inputs, **out_kwargs)
+                        per, parts = distillation_loss(
+                            s_out, t_out, b["labels"], b["attention_mask"], dcfg, self.task.regression
+                        )
+                    loss = per.sum() / n_global
+                    for k, v in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach().sum()) / n_global
+                if reg is not None:
+                    # added once per step overall: each process carries 1/world of it
+                    loss = loss + reg / info.world_size
+                    parts_sum["l1"] = parts_sum.get("l1", 0.0) + float(reg.detach()) / info.world_size
+                loss.backward()
+                loss_val += float(loss.detach())
+            all_reduce_gradients(trainable, info)
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [q for q in trainable if q.grad is not None], cfg.max_grad_norm
+                )
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            self.global_step += 1
+            done = step + 1
+
+            if cfg.log_every and (done % cfg.log_every == 0 or done == total):
+                loss_all = all_reduce_sum(loss_val, info)
+                # the same keys on every process (one may have had no examples this step)
+                keys = [
+                    k
+                    for k, w in (
+                        ("ce", dcfg.alpha_ce),
+                        ("logit", dcfg.alpha_logit),
+                        ("hidden", dcfg.alpha_hidden),
+                        ("attn", dcfg.alpha_attn),
+                    )
+                    if w > 0
+                ]
+                if pruner is not None and pruner.config.method == "soft-movement":
+                    keys.append("l1")
+                parts_all = {k: all_reduce_sum(parts_sum.get(k, 0.0), info) for k in keys}
+                sparsity = model_sparsity(masked) if masked else 0.0
+                rec = {
+                    "phase": phase.name,
+                    "step": done,
+                    "global_step": self.global_step,
+                    "epoch": epoch,
+                    "loss": loss_all,
+                    "lr": phase.lr * factor,
+                    "sparsity": sparsity,
+                    "p": p,
+                    **{f"loss_{k}": v for k, v in parts_all.items()},
+                    "time_s": round(time.time() - t0, 3),
+                }
+                self.log.write(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_all:.4f}", sparsity=f"{sparsity:.3f}", p=f"{p:.2f}")
+            if bar is not None:
+                bar.update(1)
+
+            if done % spe == 0:
+                self._end_of_epoch(phase_index, phase, done, total, model, pruner, epoch)
+                self._save_checkpoint(phase_index, phase, done, total, model, opt, pruner, grafter, p)
+            elif cfg.save_every and done % cfg.save_every == 0:
+                self._save_checkpoint(phase_index, phase, done, total, model, opt, pruner, grafter, p)
+        if bar is not None:
+            bar.close()
+        return model
+
+    def _end_of_epoch(self, phase_index, phase, done, total, model, pruner, epoch) -> None:
+        metrics = self.evaluate(model, "validation")
+        masked = masked_linears(model)
+        sparsity = model_sparsity(masked) if masked else 0.0
+        # a pruning phase's model counts only once it has reached the final sparsity
+        eligible = pruner is None or done - 1 >= pruner.ramp_end
+        rec = {
+            "phase": phase.name,
+            "phase_index": phase_index,
+            "epoch": epoch,
+            "step": done,
+            "global_step": self.global_step,
+            "sparsity": sparsity,
+            "eval": metrics,
+            "eligible": eligible,
+        }
+        self.history.append(rec)
+        self.log.write(rec)
+        main = metrics.get(self.task.main_metric, float("nan"))
+        better = phase.best_dir not in self.best or main > self.best[phase.best_dir]
+        if eligible and better:
+            self.best[phase.best_dir] = main
+            if self.info.is_main:
+                save_model(model, self.tokenizer, os.path.join(self.out, phase.best_dir))
+
+    # ------------------------------------------------------------------ all phases
+    def run(
+        self, phases: List[Phase], teacher: Optional[nn.Module] = None
+    ) -> Tuple[nn.Module, Optional[nn.Module]]:
+        """Run ``phases`` (resuming from the checkpoint when there is one); returns the last
+        model and the teacher."""
+        if self.cfg.threads > 0:
+            torch.set_num_threads(self.cfg.threads)
+        if self.cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(self.cfg.seed)
+        resume = self.load_resume_state()
+        r_phase = resume[0]["phase_index"] if resume else -1
+        if resume is not None and not 0 <= r_phase < len(phases):
+            raise ValueError(f"checkpoint phase index {r_phase} is outside this run's {len(phases)} phases")
+        model: Optional[nn.Module] = None
+        for i, phase in enumerate(phases):
+            if i < r_phase:
+                if phase.produces_teacher:
+                    teacher = self.load_teacher(phase)
+                continue
+            if i == r_phase:
+                state, tensors = resume
+                # rebuild the structure of every phase up to this one, then load the tensors
+                m = None
+                for ph in phases[: i + 1]:
+                    m = ph.build(m, teacher)
+                model = m.to(self.info.device)
+                self.load_model_state(model, tensors, os.path.join(self.out, CHECKPOINT))
+                if state["step"] >= state["total_steps"]:  # the phase had finished
+                    self._restore(state, tensors, None, None, None)
+                    if phase.produces_teacher:
+                        teacher = self.load_teacher(phase)
+                    continue
+                model = self.run_phase(i, phase, model, teacher, resume=(state, tensors))
+            else:
+                model = phase.build(model, teacher)
+                model = self.run_phase(i, phase, model, teacher)
+            if phase.produces_teacher:
+                teacher = self.load_teacher(phase)
+        self.log.close()
+        return model, teacher
+
+    def load_teacher(self, phase: Phase) -> nn.Module:
+        from .models import load_model
+
+        path = os.path.join(self.out, phase.best_dir)
+        if self.info.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()  # the main process has written it
+        teacher, _ = load_model(path)
+        return teacher.to(self.info.device).eval()
+
+    def finish(self, model: nn.Module, teacher: Optional[nn.Module], extra: Dict[str, Any]) -> Dict[str, Any]:
+        """Evaluate the best and the final model on validation and test; write final/ and
+        results.json (main process). Returns the results."""
+        from .models import load_model
+
+        masked = masked_linears(model)
+        final = {
+            "validation": self.evaluate(model, "validation"),
+            "test": self.evaluate(model, "test"),
+            "sparsity": model_sparsity(masked) if masked else 0.0,
+        }
+        best_dir = os.path.join(self.out, "best")
+        if self.info.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if os.path.isdir(best_dir) and os.path.exists(os.path.join(best_dir, "spd_model.json")):
+            best_model, _ = load_model(best_dir)
+            best_model.to(self.info.device)
+            bm = masked_linears(best_model)
+            best = {
+                "validation": self.evaluate(best_model, "validation"),
+                "test": self.evaluate(best_model, "test"),
+                "sparsity": model_sparsity(bm) if bm else 0.0,
+            }
+        else:
+            best = final
+        results = {
+            "task": self.task.name,
+            "metric": self.task.main_metric,
+            "best": best,
+            "final": final,
+            "history": self.history,
+            **extra,
+        }
+        if teacher is not None:
+            results["teacher"] = {
+                "validation": self.evaluate(teacher, "validation"),
+                "test": self.evaluate(teacher, "test"),
+            }
+        if self.info.is_main:
+            save_model(model, self.tokenizer, os.path.join(self.out, "final"))
+            ckpt.atomic_write_json(os.path.join(self.out, RESULTS), results)
+        return results
+
+
+__all__ = ["Phase", "TrainConfig", "Trainer", "build_optimizer", "evaluate_model", "seed_everything"]

@@ -1,0 +1,26 @@
+"""A few steps on the embedded all-MiniLM-L6-v2 and Rotten Tomatoes data (no network)."""
+
+import json
+
+import pytest
+
+from spd.cli import main
+
+
+@pytest.mark.integration
+def test_embedded_model_and_data_few_steps(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = [
+        "prune", "--method", "spd", "--teacher-epochs", "1", "--prune-epochs", "1", "--final-epochs", "0",
+        "--sparsity", "0.9", "--granularity", "block32", "--update-every", "1", "--max-train-samples", "16",
+        "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "8", "--no-progress",
+        "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "spd"),
+    ]  # fmt: skip
+    assert main(args) == 0  # stage 1 fine-tunes the embedded model, stage 2 prunes it with grafting
+    r = json.loads((tmp_path / "spd" / "results.json").read_text())
+    assert r["task"] == "rotten_tomatoes" and r["model"] == "embedded"
+    assert r["best"]["sparsity"] == pytest.approx(0.9, abs=0.01)
+    assert 0.0 <= r["best"]["test"]["accuracy"] <= 1.0 and "teacher" in r
+    spec = json.loads((tmp_path / "spd" / "best" / "spd_model.json").read_text())
+    assert len(spec["masked"]) == 36  # 6 layers x (q, k, v, attention output, intermediate, output)
+    assert all(v["block"] == [32, 32] for v in spec["masked"].values())
