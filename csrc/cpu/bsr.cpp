@@ -1,0 +1,323 @@
+// Block-sparse (BSR, bm and bk multiples of 8) kernels of dds_t, dds and sdd.
+//
+// dds_t and dds are the same computation on different operands: an output tile of MR rows
+// of the dense operand A times W columns of one "line" of blocks,
+//   out[m, j] = sum over the line's blocks e, p < steps: A[m, aoff(e) + p] * V_e[p, j],
+// held in MR x (W/8) AVX2 registers (a 6x16 tile: 12 accumulators, per step 2 vector loads of
+// V and 6 broadcasts of A). For dds (dx = dy·W) a line is a block column of W walked through
+// the CSC metadata and V_e is the stored block itself (its rows run along dx's columns), so no
+// transposed copy of the values is made. For dds_t (y = x·Wᵀ) a line is a block row and V_e is
+// the block transposed; those are packed once per call into a reused float32 buffer (nnz
+// copies against 2·M·nnz flops) in W-wide column panels the micro-kernel reads contiguously.
+//
+// sdd (dW_s = dyᵀ·x at block s) keeps an MR x W tile of the block in registers while walking
+// the rows m of dy and x, in chunks so both column panels stay in cache.
+#include <omp.h>
+
+#include <algorithm>
+
+#include "kernels.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+
+namespace spd {
+namespace cpu {
+namespace {
+
+#ifndef SPD_PF
+#define SPD_PF 1
+#endif
+#ifndef SPD_SDD_L1
+#define SPD_SDD_L1 24576
+#endif
+#ifndef SPD_MC
+#define SPD_MC 96
+#endif
+constexpr int MR = 6;        // register-tile rows
+constexpr int64_t MC = SPD_MC;   // rows of x per task: the panel a task reuses across its line
+
+thread_local Scratch t_packed;  // dds_t: blocks transposed to float32, on the calling thread
+thread_local Scratch t_blockacc;  // sdd: float32 sums of one block row (bfloat16 output), per worker
+thread_local Scratch t_dchunk;    // sdd: packed chunks of dy and x, per worker
+
+// acc[r][q] = sum_e sum_{p < steps} A[r, off_e + p] * V_e[p * ldv + 8 q]; then store(r, q, acc).
+template <int R, int NV, typename TA, typename TV, typename Entry, typename Store>
+inline void line_tile(const TA* a, int64_t lda, int64_t e0, int64_t e1, int steps, int64_t ldv,
+                      const Entry& entry, const Store& store, int pf_rows) {
+  __m256 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int q = 0; q < NV; ++q) acc[r][q] = _mm256_setzero_ps();
+  for (int64_t e = e0; e < e1; ++e) {
+    int64_t off;
+    const TV* v;
+    entry(e, off, v);
+    const TA* ap = a + off;
+    if (SPD_PF && pf_rows > 0) {
+      // The next tile's rows of A at this block, one cache line per 16 floats: without this
+      // the first touch of each A segment is a serial miss (the prefetchers do not follow the
+      // jumps between blocks).
+      const TA* na = ap + R * lda;
+      for (int r = 0; r < pf_rows; ++r)
+        for (int p = 0; p < steps; p += 64 / int(sizeof(TA)))
+          _mm_prefetch(reinterpret_cast<const char*>(na + r * lda + p), _MM_HINT_T0);
+    }
+    for (int p = 0; p < steps; ++p) {
+      __m256 b[NV];
+#pragma GCC unroll 2
+      for (int q = 0; q < NV; ++q) b[q] = ld8(v + p * ldv + 8 * q);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        __m256 xa = bc8(ap + r * lda + p);
+#pragma GCC unroll 2
+        for (int q = 0; q < NV; ++q) acc[r][q] = _mm256_fmadd_ps(xa, b[q], acc[r][q]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int q = 0; q < NV; ++q) store(r, q, acc[r][q]);
+}
+
+template <int NV, typename TA, typename TV, typename Entry, typename Store>
+inline void line_tile_rows(int rows, const TA* a, int64_t lda, int64_t e0, int64_t e1, int steps, int64_t ldv,
+                           const Entry& entry, const Store& store, int pf_rows) {
+  switch (rows) {
+    case 6: return line_tile<6, NV, TA, TV>(a, lda, e0, e1, steps, ldv, entry, store, pf_rows);
+    case 5: return line_tile<5, NV, TA, TV>(a, lda, e0, e1, steps, ldv, entry, store, pf_rows);
+    case 4: return line_tile<4, NV, TA, TV>(a, lda, e0, e1, steps, ldv, entry, store, pf_rows);
+    case 3: return line_tile<3, NV, TA, TV>(a, lda, e0, e1, steps, ldv, entry, store, pf_rows);
+    case 2: return line_tile<2, NV, TA, TV>(a, lda, e0, e1, steps, ldv, entry, store, pf_rows);
+    default: return line_tile<1, NV, TA, TV>(a, lda, e0, e1, steps, ldv, entry, store, pf_rows);
+  }
+}
+
+// ---------------------------------------------------------------------------------- dds_t
+// P[e][sub][j][w] = B_e[sub * W + w][j]: block e transposed, in W-wide column panels.
+template <typename T>
+void pack_transposed(const T* values, const Meta& mt, int W, float* P, int nt) {
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t bsz = int64_t(bm) * bk;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t e = 0; e < mt.nnzb; ++e) {
+    const T* B = values + e * bsz;
+    float* Pe = P + e * bsz;
+    for (int sub = 0; sub < bm / W; ++sub)
+      for (int j = 0; j < bk; ++j)
+        for (int w = 0; w < W; ++w) Pe[(int64_t(sub) * bk + j) * W + w] = to_f32(B[int64_t(sub * W + w) * bk + j]);
+  }
+}
+
+template <typename T, int ACT, int NV>
+void fwd_impl(const T* x, int64_t ldx, int64_t M, const float* P, const Meta& mt, const T* bias, T* y, T* z,
+              int nt) {
+  constexpr int W = 8 * NV;
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t N = mt.n(), bsz = int64_t(bm) * bk, nbr = mt.nbr;
+  const int32_t* ro = mt.row_offsets;
+  const int32_t* ci = mt.col_indices;
+  const int64_t npan = (M + MC - 1) / MC;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t t = 0; t < npan * nbr; ++t) {
+    const int64_t pan = t / nbr, r = t % nbr;
+    const int64_t mb = pan * MC, me = std::min(M, mb + MC);
+    const int64_t e0 = ro[r], e1 = ro[r + 1];
+    for (int sub = 0; sub < bm / W; ++sub) {
+      const int64_t n0 = r * bm + int64_t(sub) * W;
+      const float* Psub = P + int64_t(sub) * bk * W;
+      auto entry = [&](int64_t e, int64_t& off, const float*& v) {
+        off = int64_t(ci[e]) * bk;
+        v = Psub + e * bsz;
+      };
+      const T* bn = bias ? bias + n0 : nullptr;
+      for (int64_t m0 = mb; m0 < me; m0 += MR) {
+        auto store = [&](int rr, int q, __m256 acc) {
+          const int64_t o = (m0 + rr) * N + n0 + 8 * q;
+          epilogue8<ACT>(acc, bn ? bn + 8 * q : nullptr, y + o, z ? z + o : nullptr);
+        };
+        line_tile_rows<NV, T, float>(int(std::min<int64_t>(MR, me - m0)), x + m0 * ldx, ldx, e0, e1, bk, W,
+                                     entry, store, sub == 0 ? int(std::min<int64_t>(MR, me - m0 - MR)) : 0);
+      }
+    }
+  }
+}
+
+template <typename T, int NV>
+void fwd_act(const T* x, int64_t ldx, int64_t M, const float* P, const Meta& mt, const T* bias, int act, T* y,
+             T* z, int nt) {
+  switch (act) {
+    case ACT_RELU: return fwd_impl<T, ACT_RELU, NV>(x, ldx, M, P, mt, bias, y, z, nt);
+    case ACT_GELU: return fwd_impl<T, ACT_GELU, NV>(x, ldx, M, P, mt, bias, y, z, nt);
+    case ACT_GELU_TANH: return fwd_impl<T, ACT_GELU_TANH, NV>(x, ldx, M, P, mt, bias, y, z, nt);
+    default: return fwd_impl<T, ACT_NONE, NV>(x, ldx, M, P, mt, bias, y, z, nt);
+  }
+}
+
+// ---------------------------------------------------------------------------------- dds
+template <typename T, int NV>
+void dds_impl(const T* dy, int64_t lddy, int64_t M, const T* values, const Meta& mt, T* dx, int nt) {
+  constexpr int W = 8 * NV;
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t K = mt.k(), bsz = int64_t(bm) * bk, nbc = mt.nbc;
+  const int32_t* co = mt.col_offsets;
+  const int32_t* rt = mt.row_indices_t;
+  const int32_t* pt = mt.perm_t;
+  const int64_t npan = (M + MC - 1) / MC;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t t = 0; t < npan * nbc; ++t) {
+    const int64_t pan = t / nbc, c = t % nbc;
+    const int64_t mb = pan * MC, me = std::min(M, mb + MC);
+    const int64_t e0 = co[c], e1 = co[c + 1];
+    for (int sub = 0; sub < bk / W; ++sub) {
+      const int64_t j0 = c * bk + int64_t(sub) * W;
+      const T* vsub = values + int64_t(sub) * W;
+      auto entry = [&](int64_t e, int64_t& off, const T*& v) {
+        off = int64_t(rt[e]) * bm;
+        v = vsub + int64_t(pt[e]) * bsz;
+      };
+      for (int64_t m0 = mb; m0 < me; m0 += MR) {
+        auto store = [&](int rr, int q, __m256 acc) { st8(dx + (m0 + rr) * K + j0 + 8 * q, acc); };
+        line_tile_rows<NV, T, T>(int(std::min<int64_t>(MR, me - m0)), dy + m0 * lddy, lddy, e0, e1, bm, bk,
+                                 entry, store, sub == 0 ? int(std::min<int64_t>(MR, me - m0 - MR)) : 0);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------- sdd
+// G (R x 8NV floats, row stride ldg) += sum_{m < rows} D[m, 0..R) X[m, 0..8NV), on packed
+// float32 chunks D (row stride ldd) and X (row stride ldx).
+template <int R, int NV>
+inline void sdd_tile(const float* D, int64_t ldd, const float* X, int64_t ldx, int64_t rows, float* G, int64_t ldg,
+                     bool first) {
+  __m256 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int q = 0; q < NV; ++q) acc[r][q] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(G + r * ldg + 8 * q);
+  for (int64_t m = 0; m < rows; ++m, D += ldd, X += ldx) {
+    __m256 bv[NV];
+#pragma GCC unroll 2
+    for (int q = 0; q < NV; ++q) bv[q] = _mm256_loadu_ps(X + 8 * q);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      __m256 av = _mm256_broadcast_ss(D + r);
+#pragma GCC unroll 2
+      for (int q = 0; q < NV; ++q) acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int q = 0; q < NV; ++q) _mm256_storeu_ps(G + r * ldg + 8 * q, acc[r][q]);
+}
+
+template <int NV>
+inline void sdd_tile_rows(int R, const float* D, int64_t ldd, const float* X, int64_t ldx, int64_t rows, float* G,
+                          int64_t ldg, bool first) {
+  switch (R) {
+    case 6: return sdd_tile<6, NV>(D, ldd, X, ldx, rows, G, ldg, first);
+    case 5: return sdd_tile<5, NV>(D, ldd, X, ldx, rows, G, ldg, first);
+    case 4: return sdd_tile<4, NV>(D, ldd, X, ldx, rows, G, ldg, first);
+    case 3: return sdd_tile<3, NV>(D, ldd, X, ldx, rows, G, ldg, first);
+    case 2: return sdd_tile<2, NV>(D, ldd, X, ldx, rows, G, ldg, first);
+    default: return sdd_tile<1, NV>(D, ldd, X, ldx, rows, G, ldg, first);
+  }
+}
+
+// dst[m, 0..w) = float(src[m0 + m, 0..w)): a column panel copied into contiguous rows. Walking the
+// panel in place would fetch one line per row at a stride of ld, which for ld = 768 floats
+// maps every row onto 4 of the 64 L1 sets.
+template <typename T>
+inline void pack_rows(const T* src, int64_t ld, int64_t rows, int w, float* dst) {
+  for (int64_t m = 0; m < rows; ++m, src += ld, dst += w)
+    for (int j = 0; j < w; j += 8) _mm256_storeu_ps(dst + j, ld8(src + j));
+}
+
+template <typename T, int NV>
+void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, const Meta& mt, T* dw, int nt) {
+  constexpr int W = 8 * NV;
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t bsz = int64_t(bm) * bk;
+  const int32_t* ro = mt.row_offsets;
+  const int32_t* ci = mt.col_indices;
+  // rows per chunk of the m reduction: both packed panels together in about 24 KB of L1
+  const int64_t mch = std::max<int64_t>(8, (SPD_SDD_L1 / (4 * (bm + bk))) / 8 * 8);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t r = 0; r < mt.nbr; ++r) {
+    const int64_t e0 = ro[r], e1 = ro[r + 1];
+    if (e0 == e1) continue;
+    float* Dc = t_dchunk.get(size_t(mch) * (bm + bk));
+    float* Xc = Dc + mch * bm;
+    float* acc;  // float32 sums of this block row's blocks
+    if constexpr (std::is_same_v<T, float>)
+      acc = dw + e0 * bsz;
+    else
+      acc = t_blockacc.get(size_t(e1 - e0) * bsz);
+    if (M == 0) std::fill(acc, acc + (e1 - e0) * bsz, 0.0f);
+    for (int64_t m0 = 0; m0 < M; m0 += mch) {
+      const int64_t rows = std::min(mch, M - m0);
+      pack_rows(dy + m0 * lddy + r * bm, lddy, rows, bm, Dc);
+      for (int64_t e = e0; e < e1; ++e) {
+        pack_rows(x + m0 * ldx + int64_t(ci[e]) * bk, ldx, rows, bk, Xc);
+        float* G = acc + (e - e0) * bsz;
+        for (int i0 = 0; i0 < bm; i0 += MR)
+          for (int j0 = 0; j0 < bk; j0 += W)
+            sdd_tile_rows<NV>(std::min(MR, bm - i0), Dc + i0, bm, Xc + j0, bk, rows, G + int64_t(i0) * bk + j0, bk,
+                              m0 == 0);
+      }
+    }
+    if constexpr (!std::is_same_v<T, float>) {
+      T* out = dw + e0 * bsz;
+      const int64_t n = (e1 - e0) * bsz;
+      int64_t i = 0;
+      for (; i + 8 <= n; i += 8) st8(out + i, _mm256_loadu_ps(acc + i));
+      for (; i < n; ++i) out[i] = from_f32<T>(acc[i]);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void bsr_dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& mt, const T* bias, int act, T* y,
+               T* z, int nt) {
+  const int NV = mt.bm % 16 == 0 ? 2 : 1;
+  float* P = t_packed.get(size_t(mt.nnzb) * mt.bm * mt.bk);
+  pack_transposed(values, mt, 8 * NV, P, nt);
+  if (NV == 2)
+    fwd_act<T, 2>(x, ldx, m, P, mt, bias, act, y, z, nt);
+  else
+    fwd_act<T, 1>(x, ldx, m, P, mt, bias, act, y, z, nt);
+}
+
+template <typename T>
+void bsr_dds(const T* dy, int64_t lddy, int64_t m, const T* values, const Meta& mt, T* dx, int nt) {
+  if (mt.bk % 16 == 0)
+    dds_impl<T, 2>(dy, lddy, m, values, mt, dx, nt);
+  else
+    dds_impl<T, 1>(dy, lddy, m, values, mt, dx, nt);
+}
+
+template <typename T>
+void bsr_sdd(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t m, const Meta& mt, T* dw, int nt) {
+  if (mt.bk % 16 == 0)
+    sdd_impl<T, 2>(dy, lddy, x, ldx, m, mt, dw, nt);
+  else
+    sdd_impl<T, 1>(dy, lddy, x, ldx, m, mt, dw, nt);
+}
+
+#define SPD_INSTANTIATE(T)                                                                                  \
+  template void bsr_dds_t<T>(const T*, int64_t, int64_t, const T*, const Meta&, const T*, int, T*, T*, int); \
+  template void bsr_dds<T>(const T*, int64_t, int64_t, const T*, const Meta&, T*, int);                      \
+  template void bsr_sdd<T>(const T*, int64_t, const T*, int64_t, int64_t, const Meta&, T*, int);
+SPD_INSTANTIATE(float)
+SPD_INSTANTIATE(bf16)
+#undef SPD_INSTANTIATE
+
+}  // namespace cpu
+}  // namespace spd
+
+#endif  // __AVX2__ && __FMA__

@@ -1,0 +1,215 @@
+// Unstructured (CSR, block (1, 1)) kernels of dds_t, dds and sdd.
+//
+// A CSR entry multiplies one value into a whole column of the dense operand, so the dense
+// operand is packed transposed, MP = 64 rows at a time, into a per-thread float32 panel
+// Ap[c][0..64) (8x8 AVX transposes): one entry is then 8 broadcast-FMAs on a contiguous
+// 256-byte row, accumulating out[m0..m0+64, n] in 8 registers. Eight such output columns
+// are transposed back through a small tile into row-major output, where the bias +
+// activation epilogue runs 8 columns wide.
+//   dds_t: rows n of W (CSR), A = x;  dds: columns k of W via the CSC metadata
+//   (row_indices_t, perm_t into the values: no transposed copy), A = dy.
+// sdd (dW[n, k] = sum_m dy[m, n] x[m, k] at the stored entries) packs both x and dy
+// transposed, 64 rows of m at a time shared by all threads, and each entry is a 64-long dot
+// product added to its float32 accumulator in panel order.
+#include <omp.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "kernels.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+
+namespace spd {
+namespace cpu {
+namespace {
+
+constexpr int MP = 64;   // rows of the dense operand per packed panel (8 vectors)
+constexpr int PF = 8;    // prefetch distance, in entries
+
+thread_local Scratch t_panel;               // per worker: one packed panel
+thread_local Scratch t_xt, t_dt, t_acc32;   // sdd, on the calling thread: shared panels, fp32 sums
+
+// Ap[c * MP + i] = a[m0 + i, c0 + c] for c in [c0, c1), i < rows; zero for rows <= i < MP.
+template <typename T>
+inline void pack_panel_t(const T* a, int64_t lda, int64_t m0, int64_t rows, int64_t c0, int64_t c1, float* Ap) {
+  int64_t c = c0;
+  for (; c + 8 <= c1; c += 8) {
+    for (int ib = 0; ib < MP / 8; ++ib) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) {
+        const int64_t row = ib * 8 + i;
+        r[i] = row < rows ? ld8(a + (m0 + row) * lda + c) : _mm256_setzero_ps();
+      }
+      transpose8(r);
+      for (int i = 0; i < 8; ++i) _mm256_store_ps(Ap + (c + i) * MP + ib * 8, r[i]);
+    }
+  }
+  for (; c < c1; ++c)
+    for (int i = 0; i < MP; ++i) Ap[c * MP + i] = i < rows ? to_f32(a[(m0 + i) * lda + c]) : 0.0f;
+}
+
+// ---------------------------------------------------------------------------------- dds_t, dds
+// out[m, n] = epilogue(sum_{e in line n} vals[perm ? perm[e] : e] * a[m, idx[e]]), out (M, ocols).
+template <typename T, int ACT>
+void spmm_impl(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs,
+               const int32_t* idx, const int32_t* perm, const T* vals, const T* bias, T* y, T* z, int nt) {
+  const int64_t npan = (M + MP - 1) / MP;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t pan = 0; pan < npan; ++pan) {
+    const int64_t m0 = pan * MP, rows = std::min<int64_t>(MP, M - m0);
+    float* Ap = t_panel.get(size_t(acols) * MP);
+    pack_panel_t(a, lda, m0, rows, 0, acols, Ap);
+    alignas(32) float tile[8][MP];
+    for (int64_t n0 = 0; n0 < ocols; n0 += 8) {
+      const int nn = int(std::min<int64_t>(8, ocols - n0));
+      for (int i = 0; i < nn; ++i) {
+        const int64_t e0 = offs[n0 + i], e1 = offs[n0 + i + 1];
+        __m256 acc[8];
+        for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_ps();
+        for (int64_t e = e0; e < e1; ++e) {
+          if (e + PF < e1) {
+            const char* pf = reinterpret_cast<const char*>(Ap + int64_t(idx[e + PF]) * MP);
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + 64, _MM_HINT_T0);
+            _mm_prefetch(pf + 128, _MM_HINT_T0);
+            _mm_prefetch(pf + 192, _MM_HINT_T0);
+          }
+          const __m256 w = _mm256_set1_ps(to_f32(vals[perm ? perm[e] : e]));
+          const float* ap = Ap + int64_t(idx[e]) * MP;
+          for (int v = 0; v < 8; ++v) acc[v] = _mm256_fmadd_ps(w, _mm256_load_ps(ap + 8 * v), acc[v]);
+        }
+        for (int v = 0; v < 8; ++v) _mm256_store_ps(tile[i] + 8 * v, acc[v]);
+      }
+      for (int i = nn; i < 8; ++i)
+        for (int v = 0; v < 8; ++v) _mm256_store_ps(tile[i] + 8 * v, _mm256_setzero_ps());
+      const T* bn = bias ? bias + n0 : nullptr;
+      for (int ib = 0; ib * 8 < rows; ++ib) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_load_ps(tile[i] + ib * 8);
+        transpose8(r);  // r[i] = out[m0 + ib*8 + i, n0 .. n0+8)
+        const int mm = int(std::min<int64_t>(8, rows - ib * 8));
+        for (int i = 0; i < mm; ++i) {
+          const int64_t o = (m0 + ib * 8 + i) * ocols + n0;
+          if (nn == 8) {
+            epilogue8<ACT>(r[i], bn, y + o, z ? z + o : nullptr);
+          } else {
+            alignas(32) float buf[8];
+            _mm256_store_ps(buf, r[i]);
+            for (int j = 0; j < nn; ++j) epilogue1<ACT>(buf[j], bn ? bn + j : nullptr, y + o + j, z ? z + o + j : nullptr);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------- sdd
+template <typename T>
+void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, const Meta& mt, T* dw, int nt) {
+  const int64_t N = mt.nbr, K = mt.nbc, nnz = mt.nnzb;
+  const int32_t* ro = mt.row_offsets;
+  const int32_t* ci = mt.col_indices;
+  float* Xt = t_xt.get(size_t(K) * MP);
+  float* Dt = t_dt.get(size_t(N) * MP);
+  float* acc;
+  if constexpr (std::is_same_v<T, float>)
+    acc = dw;
+  else
+    acc = t_acc32.get(size_t(nnz));
+  if (M == 0) std::fill(acc, acc + nnz, 0.0f);
+  const int64_t gx = (K + 7) / 8, gd = (N + 7) / 8;
+#pragma omp parallel num_threads(nt)
+  for (int64_t m0 = 0; m0 < M; m0 += MP) {
+    const int64_t rows = std::min<int64_t>(MP, M - m0);
+    const bool first = m0 == 0;
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < gx + gd; ++g) {
+      if (g < gx)
+        pack_panel_t(x, ldx, m0, rows, g * 8, std::min(K, g * 8 + 8), Xt);
+      else
+        pack_panel_t(dy, lddy, m0, rows, (g - gx) * 8, std::min(N, (g - gx) * 8 + 8), Dt);
+    }
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t e0 = ro[n], e1 = ro[n + 1];
+      if (e0 == e1) continue;
+      __m256 d[8];
+      for (int v = 0; v < 8; ++v) d[v] = _mm256_load_ps(Dt + n * MP + 8 * v);
+      int64_t e = e0;
+      for (; e + 4 <= e1; e += 4) {
+        const float* p0 = Xt + int64_t(ci[e]) * MP;
+        const float* p1 = Xt + int64_t(ci[e + 1]) * MP;
+        const float* p2 = Xt + int64_t(ci[e + 2]) * MP;
+        const float* p3 = Xt + int64_t(ci[e + 3]) * MP;
+        __m256 a0 = _mm256_mul_ps(d[0], _mm256_load_ps(p0));
+        __m256 a1 = _mm256_mul_ps(d[0], _mm256_load_ps(p1));
+        __m256 a2 = _mm256_mul_ps(d[0], _mm256_load_ps(p2));
+        __m256 a3 = _mm256_mul_ps(d[0], _mm256_load_ps(p3));
+        for (int v = 1; v < 8; ++v) {
+          a0 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p0 + 8 * v), a0);
+          a1 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p1 + 8 * v), a1);
+          a2 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p2 + 8 * v), a2);
+          a3 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p3 + 8 * v), a3);
+        }
+        const float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+        acc[e] = first ? s0 : acc[e] + s0;
+        acc[e + 1] = first ? s1 : acc[e + 1] + s1;
+        acc[e + 2] = first ? s2 : acc[e + 2] + s2;
+        acc[e + 3] = first ? s3 : acc[e + 3] + s3;
+      }
+      for (; e < e1; ++e) {
+        const float* p0 = Xt + int64_t(ci[e]) * MP;
+        __m256 a0 = _mm256_mul_ps(d[0], _mm256_load_ps(p0));
+        for (int v = 1; v < 8; ++v) a0 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p0 + 8 * v), a0);
+        const float s0 = hsum(a0);
+        acc[e] = first ? s0 : acc[e] + s0;
+      }
+    }
+  }
+  if constexpr (!std::is_same_v<T, float>) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t e = 0; e < nnz; ++e) dw[e] = from_f32<T>(acc[e]);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void csr_dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& mt, const T* bias, int act, T* y,
+               T* z, int nt) {
+  const int64_t N = mt.nbr, K = mt.nbc;
+  const int32_t* ro = mt.row_offsets;
+  const int32_t* ci = mt.col_indices;
+  switch (act) {
+    case ACT_RELU: return spmm_impl<T, ACT_RELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
+    case ACT_GELU: return spmm_impl<T, ACT_GELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
+    case ACT_GELU_TANH:
+      return spmm_impl<T, ACT_GELU_TANH>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
+    default: return spmm_impl<T, ACT_NONE>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
+  }
+}
+
+template <typename T>
+void csr_dds(const T* dy, int64_t lddy, int64_t m, const T* values, const Meta& mt, T* dx, int nt) {
+  spmm_impl<T, ACT_NONE>(dy, lddy, m, mt.nbr, mt.nbc, mt.col_offsets, mt.row_indices_t, mt.perm_t, values,
+                         static_cast<const T*>(nullptr), dx, static_cast<T*>(nullptr), nt);
+}
+
+template <typename T>
+void csr_sdd(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t m, const Meta& mt, T* dw, int nt) {
+  sdd_impl<T>(dy, lddy, x, ldx, m, mt, dw, nt);
+}
+
+#define SPD_INSTANTIATE(T)                                                                                  \
+  template void csr_dds_t<T>(const T*, int64_t, int64_t, const T*, const Meta&, const T*, int, T*, T*, int); \
+  template void csr_dds<T>(const T*, int64_t, int64_t, const T*, const Meta&, T*, int);                      \
+  template void csr_sdd<T>(const T*, int64_t, const T*, int64_t, int64_t, const Meta&, T*, int);
+SPD_INSTANTIATE(float)
+SPD_INSTANTIATE(bf16)
+#undef SPD_INSTANTIATE
+
+}  // namespace cpu
+}  // namespace spd
+
+#endif  // __AVX2__ && __FMA__
