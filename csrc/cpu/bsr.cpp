@@ -27,8 +27,14 @@ namespace {
 #ifndef SPD_PF
 #define SPD_PF 1
 #endif
+#ifndef SPD_PACK_PF
+#define SPD_PACK_PF 8
+#endif
 #ifndef SPD_SDD_L1
 #define SPD_SDD_L1 24576
+#endif
+#ifndef SPD_HINT
+#define SPD_HINT _MM_HINT_T0
 #endif
 #ifndef SPD_MC
 #define SPD_MC 96
@@ -61,7 +67,7 @@ inline void line_tile(const TA* a, int64_t lda, int64_t e0, int64_t e1, int step
       const TA* na = ap + R * lda;
       for (int r = 0; r < pf_rows; ++r)
         for (int p = 0; p < steps; p += 64 / int(sizeof(TA)))
-          _mm_prefetch(reinterpret_cast<const char*>(na + r * lda + p), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(na + r * lda + p), SPD_HINT);
     }
     for (int p = 0; p < steps; ++p) {
       __m256 b[NV];
@@ -230,10 +236,17 @@ inline void sdd_tile_rows(int R, const float* D, int64_t ldd, const float* X, in
 // dst[m, 0..w) = float(src[m0 + m, 0..w)): a column panel copied into contiguous rows. Walking the
 // panel in place would fetch one line per row at a stride of ld, which for ld = 768 floats
 // maps every row onto 4 of the 64 L1 sets.
+// The rows lie ld apart, in different pages for ld >= 1024, where the hardware prefetchers
+// stop; so they are prefetched in software, SPD_PACK_PF rows ahead.
 template <typename T>
 inline void pack_rows(const T* src, int64_t ld, int64_t rows, int w, float* dst) {
-  for (int64_t m = 0; m < rows; ++m, src += ld, dst += w)
+  constexpr int per_line = 64 / int(sizeof(T));
+  for (int64_t m = 0; m < rows; ++m, src += ld, dst += w) {
+    if (SPD_PACK_PF > 0 && m + SPD_PACK_PF < rows)
+      for (int j = 0; j < w; j += per_line)
+        _mm_prefetch(reinterpret_cast<const char*>(src + SPD_PACK_PF * ld + j), _MM_HINT_T0);
     for (int j = 0; j < w; j += 8) _mm256_storeu_ps(dst + j, ld8(src + j));
+  }
 }
 
 template <typename T, int NV>

@@ -24,65 +24,117 @@ namespace spd {
 namespace cpu {
 namespace {
 
-constexpr int MP = 64;   // rows of the dense operand per packed panel (8 vectors)
+#ifndef SPD_CSR_L2
+#define SPD_CSR_L2 (320 * 1024)
+#endif
+constexpr int MP = 64;   // sdd: rows of m per packed panel (8 vectors)
 constexpr int PF = 8;    // prefetch distance, in entries
 
 thread_local Scratch t_panel;               // per worker: one packed panel
 thread_local Scratch t_xt, t_dt, t_acc32;   // sdd, on the calling thread: shared panels, fp32 sums
 
-// Ap[c * MP + i] = a[m0 + i, c0 + c] for c in [c0, c1), i < rows; zero for rows <= i < MP.
-template <typename T>
+// Ap[c * P + i] = a[m0 + i, c0 + c] for c in [c0, c1), i < rows; zero for rows <= i < P.
+template <int P, typename T>
 inline void pack_panel_t(const T* a, int64_t lda, int64_t m0, int64_t rows, int64_t c0, int64_t c1, float* Ap) {
   int64_t c = c0;
   for (; c + 8 <= c1; c += 8) {
-    for (int ib = 0; ib < MP / 8; ++ib) {
+    for (int ib = 0; ib < P / 8; ++ib) {
       __m256 r[8];
       for (int i = 0; i < 8; ++i) {
         const int64_t row = ib * 8 + i;
         r[i] = row < rows ? ld8(a + (m0 + row) * lda + c) : _mm256_setzero_ps();
       }
       transpose8(r);
-      for (int i = 0; i < 8; ++i) _mm256_store_ps(Ap + (c + i) * MP + ib * 8, r[i]);
+      for (int i = 0; i < 8; ++i) _mm256_store_ps(Ap + (c + i) * P + ib * 8, r[i]);
     }
   }
   for (; c < c1; ++c)
-    for (int i = 0; i < MP; ++i) Ap[c * MP + i] = i < rows ? to_f32(a[(m0 + i) * lda + c]) : 0.0f;
+    for (int i = 0; i < P; ++i) Ap[c * P + i] = i < rows ? to_f32(a[(m0 + i) * lda + c]) : 0.0f;
+}
+
+template <int V>
+inline void prefetch_row(const float* p) {
+  for (int v = 0; v < V; v += 2) _mm_prefetch(reinterpret_cast<const char*>(p + 8 * v), _MM_HINT_T0);
+}
+
+// acc[0..V) += sum_{e in [e0, e1)} vals[e] * Ap[idx[e]][0..8V), V vectors of one output column.
+template <int V, typename T>
+inline void spmm_row(__m256* acc, const float* Ap, int64_t e0, int64_t e1, const int32_t* idx, const int32_t* perm,
+                     const T* vals) {
+  constexpr int P = 8 * V;
+  for (int64_t e = e0; e < e1; ++e) {
+    if (e + PF < e1) prefetch_row<V>(Ap + int64_t(idx[e + PF]) * P);
+    const __m256 w = _mm256_set1_ps(to_f32(vals[perm ? perm[e] : e]));
+    const float* ap = Ap + int64_t(idx[e]) * P;
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(w, _mm256_load_ps(ap + 8 * v), acc[v]);
+  }
+}
+
+// Two output columns at once, for V = 4: their entries interleaved give 8 independent chains.
+template <int V, typename T>
+inline void spmm_row2(__m256* acc_a, __m256* acc_b, const float* Ap, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
+                      const int32_t* idx, const int32_t* perm, const T* vals) {
+  constexpr int P = 8 * V;
+  const int64_t common = std::min(a1 - a0, b1 - b0);
+  for (int64_t t = 0; t < common; ++t) {
+    const int64_t ea = a0 + t, eb = b0 + t;
+    if (t + PF < common) {
+      prefetch_row<V>(Ap + int64_t(idx[ea + PF]) * P);
+      prefetch_row<V>(Ap + int64_t(idx[eb + PF]) * P);
+    }
+    const __m256 wa = _mm256_set1_ps(to_f32(vals[perm ? perm[ea] : ea]));
+    const __m256 wb = _mm256_set1_ps(to_f32(vals[perm ? perm[eb] : eb]));
+    const float* pa = Ap + int64_t(idx[ea]) * P;
+    const float* pb = Ap + int64_t(idx[eb]) * P;
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) {
+      acc_a[v] = _mm256_fmadd_ps(wa, _mm256_load_ps(pa + 8 * v), acc_a[v]);
+      acc_b[v] = _mm256_fmadd_ps(wb, _mm256_load_ps(pb + 8 * v), acc_b[v]);
+    }
+  }
+  spmm_row<V>(acc_a, Ap, a0 + common, a1, idx, perm, vals);
+  spmm_row<V>(acc_b, Ap, b0 + common, b1, idx, perm, vals);
 }
 
 // ---------------------------------------------------------------------------------- dds_t, dds
 // out[m, n] = epilogue(sum_{e in line n} vals[perm ? perm[e] : e] * a[m, idx[e]]), out (M, ocols).
-template <typename T, int ACT>
+// Panels of P = 8V rows of a: V = 8 when the packed panel (acols x P floats) fits in L2, else
+// V = 4 with two output columns interleaved.
+template <int V, typename T, int ACT>
 void spmm_impl(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs,
                const int32_t* idx, const int32_t* perm, const T* vals, const T* bias, T* y, T* z, int nt) {
-  const int64_t npan = (M + MP - 1) / MP;
+  constexpr int P = 8 * V;
+  const int64_t npan = (M + P - 1) / P;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t pan = 0; pan < npan; ++pan) {
-    const int64_t m0 = pan * MP, rows = std::min<int64_t>(MP, M - m0);
-    float* Ap = t_panel.get(size_t(acols) * MP);
-    pack_panel_t(a, lda, m0, rows, 0, acols, Ap);
-    alignas(32) float tile[8][MP];
+    const int64_t m0 = pan * P, rows = std::min<int64_t>(P, M - m0);
+    float* Ap = t_panel.get(size_t(acols) * P);
+    pack_panel_t<P>(a, lda, m0, rows, 0, acols, Ap);
+    alignas(32) float tile[8][P];
     for (int64_t n0 = 0; n0 < ocols; n0 += 8) {
       const int nn = int(std::min<int64_t>(8, ocols - n0));
-      for (int i = 0; i < nn; ++i) {
-        const int64_t e0 = offs[n0 + i], e1 = offs[n0 + i + 1];
-        __m256 acc[8];
-        for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_ps();
-        for (int64_t e = e0; e < e1; ++e) {
-          if (e + PF < e1) {
-            const char* pf = reinterpret_cast<const char*>(Ap + int64_t(idx[e + PF]) * MP);
-            _mm_prefetch(pf, _MM_HINT_T0);
-            _mm_prefetch(pf + 64, _MM_HINT_T0);
-            _mm_prefetch(pf + 128, _MM_HINT_T0);
-            _mm_prefetch(pf + 192, _MM_HINT_T0);
+      int i = 0;
+      if constexpr (V == 4) {
+        for (; i + 2 <= nn; i += 2) {
+          __m256 acc_a[V], acc_b[V];
+          for (int v = 0; v < V; ++v) acc_a[v] = acc_b[v] = _mm256_setzero_ps();
+          spmm_row2<V>(acc_a, acc_b, Ap, offs[n0 + i], offs[n0 + i + 1], offs[n0 + i + 1], offs[n0 + i + 2], idx,
+                       perm, vals);
+          for (int v = 0; v < V; ++v) {
+            _mm256_store_ps(tile[i] + 8 * v, acc_a[v]);
+            _mm256_store_ps(tile[i + 1] + 8 * v, acc_b[v]);
           }
-          const __m256 w = _mm256_set1_ps(to_f32(vals[perm ? perm[e] : e]));
-          const float* ap = Ap + int64_t(idx[e]) * MP;
-          for (int v = 0; v < 8; ++v) acc[v] = _mm256_fmadd_ps(w, _mm256_load_ps(ap + 8 * v), acc[v]);
         }
-        for (int v = 0; v < 8; ++v) _mm256_store_ps(tile[i] + 8 * v, acc[v]);
+      }
+      for (; i < nn; ++i) {
+        __m256 acc[V];
+        for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
+        spmm_row<V>(acc, Ap, offs[n0 + i], offs[n0 + i + 1], idx, perm, vals);
+        for (int v = 0; v < V; ++v) _mm256_store_ps(tile[i] + 8 * v, acc[v]);
       }
       for (int i = nn; i < 8; ++i)
-        for (int v = 0; v < 8; ++v) _mm256_store_ps(tile[i] + 8 * v, _mm256_setzero_ps());
+        for (int v = 0; v < V; ++v) _mm256_store_ps(tile[i] + 8 * v, _mm256_setzero_ps());
       const T* bn = bias ? bias + n0 : nullptr;
       for (int ib = 0; ib * 8 < rows; ++ib) {
         __m256 r[8];
@@ -102,6 +154,15 @@ void spmm_impl(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols,
       }
     }
   }
+}
+
+template <typename T, int ACT>
+void spmm(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs, const int32_t* idx,
+          const int32_t* perm, const T* vals, const T* bias, T* y, T* z, int nt) {
+  if (acols * 64 * 4 <= SPD_CSR_L2)
+    spmm_impl<8, T, ACT>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
+  else
+    spmm_impl<4, T, ACT>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
 }
 
 // ---------------------------------------------------------------------------------- sdd
@@ -126,9 +187,9 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, con
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < gx + gd; ++g) {
       if (g < gx)
-        pack_panel_t(x, ldx, m0, rows, g * 8, std::min(K, g * 8 + 8), Xt);
+        pack_panel_t<MP>(x, ldx, m0, rows, g * 8, std::min(K, g * 8 + 8), Xt);
       else
-        pack_panel_t(dy, lddy, m0, rows, (g - gx) * 8, std::min(N, (g - gx) * 8 + 8), Dt);
+        pack_panel_t<MP>(dy, lddy, m0, rows, (g - gx) * 8, std::min(N, (g - gx) * 8 + 8), Dt);
     }
 #pragma omp for schedule(dynamic, 16)
     for (int64_t n = 0; n < N; ++n) {
@@ -182,17 +243,17 @@ void csr_dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& 
   const int32_t* ro = mt.row_offsets;
   const int32_t* ci = mt.col_indices;
   switch (act) {
-    case ACT_RELU: return spmm_impl<T, ACT_RELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-    case ACT_GELU: return spmm_impl<T, ACT_GELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
+    case ACT_RELU: return spmm<T, ACT_RELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
+    case ACT_GELU: return spmm<T, ACT_GELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
     case ACT_GELU_TANH:
-      return spmm_impl<T, ACT_GELU_TANH>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-    default: return spmm_impl<T, ACT_NONE>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
+      return spmm<T, ACT_GELU_TANH>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
+    default: return spmm<T, ACT_NONE>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
   }
 }
 
 template <typename T>
 void csr_dds(const T* dy, int64_t lddy, int64_t m, const T* values, const Meta& mt, T* dx, int nt) {
-  spmm_impl<T, ACT_NONE>(dy, lddy, m, mt.nbr, mt.nbc, mt.col_offsets, mt.row_indices_t, mt.perm_t, values,
+  spmm<T, ACT_NONE>(dy, lddy, m, mt.nbr, mt.nbc, mt.col_offsets, mt.row_indices_t, mt.perm_t, values,
                          static_cast<const T*>(nullptr), dx, static_cast<T*>(nullptr), nt);
 }
 

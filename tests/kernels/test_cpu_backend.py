@@ -86,6 +86,15 @@ def test_every_block_shape(block, m):
     check_all(x, W, dense, dy, bias, "gelu")
 
 
+@pytest.mark.parametrize("n, k", [(37, 1500), (1500, 37)])
+def test_csr_wide_operand_uses_narrow_panels(n, k):
+    # more than 1280 columns in the packed operand (x for dds_t, dy for dds): 32-row panels,
+    # two output columns interleaved, odd counts leaving a single column
+    W, dense = random_sparse(n, k, (1, 1), 0.8)
+    x, dy, bias = torch.randn(70, k), torch.randn(70, n), torch.randn(n)
+    check_all(x, W, dense, dy, bias, "gelu_tanh")
+
+
 @pytest.mark.parametrize("block", [(1, 1), (32, 32)])
 @pytest.mark.parametrize("sparsity", [0.0, 1.0])
 def test_dense_and_empty_patterns(block, sparsity):
