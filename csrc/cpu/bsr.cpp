@@ -7,11 +7,13 @@
 // V and 6 broadcasts of A). For dds (dx = dy·W) a line is a block column of W walked through
 // the CSC metadata and V_e is the stored block itself (its rows run along dx's columns), so no
 // transposed copy of the values is made. For dds_t (y = x·Wᵀ) a line is a block row and V_e is
-// the block transposed; those are packed once per call into a reused float32 buffer (nnz
-// copies against 2·M·nnz flops) in W-wide column panels the micro-kernel reads contiguously.
+// the block transposed: each task packs its block row into a reused per-thread float32
+// buffer, in W-wide column panels the micro-kernel reads contiguously.
 //
 // sdd (dW_s = dyᵀ·x at block s) keeps an MR x W tile of the block in registers while walking
-// the rows m of dy and x, in chunks so both column panels stay in cache.
+// the rows m of dy and x. A task is a group of block rows: chunk by chunk of m it copies a
+// row's dy columns and each block's x columns into contiguous float32 buffers (about 24 KB
+// together, in L1), then runs the tiles over them.
 #include <omp.h>
 
 #include <algorithm>
@@ -30,6 +32,9 @@ namespace {
 #ifndef SPD_PACK_PF
 #define SPD_PACK_PF 8
 #endif
+#ifndef SPD_SDD_GROUPS
+#define SPD_SDD_GROUPS 2
+#endif
 #ifndef SPD_SDD_L1
 #define SPD_SDD_L1 24576
 #endif
@@ -42,7 +47,7 @@ namespace {
 constexpr int MR = 6;        // register-tile rows
 constexpr int64_t MC = SPD_MC;   // rows of x per task: the panel a task reuses across its line
 
-thread_local Scratch t_packed;  // dds_t: blocks transposed to float32, on the calling thread
+thread_local Scratch t_packed;    // dds_t: one block row transposed to float32, per worker
 thread_local Scratch t_blockacc;  // sdd: float32 sums of one block row (bfloat16 output), per worker
 thread_local Scratch t_dchunk;    // sdd: packed chunks of dy and x, per worker
 
@@ -101,23 +106,31 @@ inline void line_tile_rows(int rows, const TA* a, int64_t lda, int64_t e0, int64
 }
 
 // ---------------------------------------------------------------------------------- dds_t
-// P[e][sub][j][w] = B_e[sub * W + w][j]: block e transposed, in W-wide column panels.
-template <typename T>
-void pack_transposed(const T* values, const Meta& mt, int W, float* P, int nt) {
-  const int bm = mt.bm, bk = mt.bk;
+// P[e - e0][sub][j][w] = B_e[sub * W + w][j] for the blocks e0 <= e < e1 of one block row:
+// transposed, in W-wide column panels. Each task packs its own row (a few KB, against
+// 2 * MC * bm * bk flops per block), so the call needs no barrier between packing and compute.
+template <int W, typename T>
+inline void pack_row_transposed(const T* values, int64_t e0, int64_t e1, int bm, int bk, float* P) {
   const int64_t bsz = int64_t(bm) * bk;
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t e = 0; e < mt.nnzb; ++e) {
+  for (int64_t e = e0; e < e1; ++e) {
     const T* B = values + e * bsz;
-    float* Pe = P + e * bsz;
-    for (int sub = 0; sub < bm / W; ++sub)
-      for (int j = 0; j < bk; ++j)
-        for (int w = 0; w < W; ++w) Pe[(int64_t(sub) * bk + j) * W + w] = to_f32(B[int64_t(sub * W + w) * bk + j]);
+    float* Pe = P + (e - e0) * bsz;
+    // 8x8 tiles: rows i0.. of B (output columns) become 8-float pieces of P's rows j0..
+    for (int i0 = 0; i0 < bm; i0 += 8) {
+      const int sub = i0 / W, w0 = i0 % W;
+      for (int j0 = 0; j0 < bk; j0 += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = ld8(B + int64_t(i0 + i) * bk + j0);
+        transpose8(r);  // r[j] = B[i0 .. i0+8, j0 + j]
+        float* dst = Pe + (int64_t(sub) * bk + j0) * W + w0;
+        for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + j * W, r[j]);
+      }
+    }
   }
 }
 
 template <typename T, int ACT, int NV>
-void fwd_impl(const T* x, int64_t ldx, int64_t M, const float* P, const Meta& mt, const T* bias, T* y, T* z,
+void fwd_impl(const T* x, int64_t ldx, int64_t M, const T* values, const Meta& mt, const T* bias, T* y, T* z,
               int nt) {
   constexpr int W = 8 * NV;
   const int bm = mt.bm, bk = mt.bk;
@@ -125,17 +138,22 @@ void fwd_impl(const T* x, int64_t ldx, int64_t M, const float* P, const Meta& mt
   const int32_t* ro = mt.row_offsets;
   const int32_t* ci = mt.col_indices;
   const int64_t npan = (M + MC - 1) / MC;
+  int64_t max_row = 0;
+  for (int64_t r = 0; r < nbr; ++r) max_row = std::max<int64_t>(max_row, ro[r + 1] - ro[r]);
+  // Tasks panel-major: consecutive tasks share the MC rows of x, kept in L2.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t t = 0; t < npan * nbr; ++t) {
     const int64_t pan = t / nbr, r = t % nbr;
     const int64_t mb = pan * MC, me = std::min(M, mb + MC);
     const int64_t e0 = ro[r], e1 = ro[r + 1];
+    float* P = t_packed.get(size_t(std::max<int64_t>(max_row, 1)) * bsz);
+    pack_row_transposed<W>(values, e0, e1, bm, bk, P);
     for (int sub = 0; sub < bm / W; ++sub) {
       const int64_t n0 = r * bm + int64_t(sub) * W;
       const float* Psub = P + int64_t(sub) * bk * W;
       auto entry = [&](int64_t e, int64_t& off, const float*& v) {
         off = int64_t(ci[e]) * bk;
-        v = Psub + e * bsz;
+        v = Psub + (e - e0) * bsz;
       };
       const T* bn = bias ? bias + n0 : nullptr;
       for (int64_t m0 = mb; m0 < me; m0 += MR) {
@@ -151,13 +169,13 @@ void fwd_impl(const T* x, int64_t ldx, int64_t M, const float* P, const Meta& mt
 }
 
 template <typename T, int NV>
-void fwd_act(const T* x, int64_t ldx, int64_t M, const float* P, const Meta& mt, const T* bias, int act, T* y,
+void fwd_act(const T* x, int64_t ldx, int64_t M, const T* values, const Meta& mt, const T* bias, int act, T* y,
              T* z, int nt) {
   switch (act) {
-    case ACT_RELU: return fwd_impl<T, ACT_RELU, NV>(x, ldx, M, P, mt, bias, y, z, nt);
-    case ACT_GELU: return fwd_impl<T, ACT_GELU, NV>(x, ldx, M, P, mt, bias, y, z, nt);
-    case ACT_GELU_TANH: return fwd_impl<T, ACT_GELU_TANH, NV>(x, ldx, M, P, mt, bias, y, z, nt);
-    default: return fwd_impl<T, ACT_NONE, NV>(x, ldx, M, P, mt, bias, y, z, nt);
+    case ACT_RELU: return fwd_impl<T, ACT_RELU, NV>(x, ldx, M, values, mt, bias, y, z, nt);
+    case ACT_GELU: return fwd_impl<T, ACT_GELU, NV>(x, ldx, M, values, mt, bias, y, z, nt);
+    case ACT_GELU_TANH: return fwd_impl<T, ACT_GELU_TANH, NV>(x, ldx, M, values, mt, bias, y, z, nt);
+    default: return fwd_impl<T, ACT_NONE, NV>(x, ldx, M, values, mt, bias, y, z, nt);
   }
 }
 
@@ -258,33 +276,50 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, con
   const int32_t* ci = mt.col_indices;
   // rows per chunk of the m reduction: both packed panels together in about 24 KB of L1
   const int64_t mch = std::max<int64_t>(8, (SPD_SDD_L1 / (4 * (bm + bk))) / 8 * 8);
+  // A task is a group of block rows with about nnzb / G blocks, walking m chunk by chunk over
+  // all its rows: the chunk's rows of x stay in cache across the group, so x is streamed
+  // G times instead of once per block row. Grouping does not change any block's order of
+  // summation (m ascending), so G may follow the thread count.
+  constexpr int64_t GMAX = 64;
+  const int64_t G = std::max<int64_t>(1, std::min<int64_t>({mt.nbr, int64_t(SPD_SDD_GROUPS) * nt, GMAX}));
+  int64_t gb[GMAX + 1];
+  gb[0] = 0;
+  for (int64_t g = 1, r = 0; g < G; ++g) {
+    while (r < mt.nbr && ro[r] < g * mt.nnzb / G) ++r;
+    gb[g] = r;
+  }
+  gb[G] = mt.nbr;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (int64_t r = 0; r < mt.nbr; ++r) {
-    const int64_t e0 = ro[r], e1 = ro[r + 1];
-    if (e0 == e1) continue;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t eb = ro[gb[g]], ee = ro[gb[g + 1]];
+    if (eb == ee) continue;
     float* Dc = t_dchunk.get(size_t(mch) * (bm + bk));
     float* Xc = Dc + mch * bm;
-    float* acc;  // float32 sums of this block row's blocks
+    float* acc;  // float32 sums of the group's blocks
     if constexpr (std::is_same_v<T, float>)
-      acc = dw + e0 * bsz;
+      acc = dw + eb * bsz;
     else
-      acc = t_blockacc.get(size_t(e1 - e0) * bsz);
-    if (M == 0) std::fill(acc, acc + (e1 - e0) * bsz, 0.0f);
+      acc = t_blockacc.get(size_t(ee - eb) * bsz);
+    if (M == 0) std::fill(acc, acc + (ee - eb) * bsz, 0.0f);
     for (int64_t m0 = 0; m0 < M; m0 += mch) {
       const int64_t rows = std::min(mch, M - m0);
-      pack_rows(dy + m0 * lddy + r * bm, lddy, rows, bm, Dc);
-      for (int64_t e = e0; e < e1; ++e) {
-        pack_rows(x + m0 * ldx + int64_t(ci[e]) * bk, ldx, rows, bk, Xc);
-        float* G = acc + (e - e0) * bsz;
-        for (int i0 = 0; i0 < bm; i0 += MR)
-          for (int j0 = 0; j0 < bk; j0 += W)
-            sdd_tile_rows<NV>(std::min(MR, bm - i0), Dc + i0, bm, Xc + j0, bk, rows, G + int64_t(i0) * bk + j0, bk,
-                              m0 == 0);
+      for (int64_t r = gb[g]; r < gb[g + 1]; ++r) {
+        const int64_t e0 = ro[r], e1 = ro[r + 1];
+        if (e0 == e1) continue;
+        pack_rows(dy + m0 * lddy + r * bm, lddy, rows, bm, Dc);
+        for (int64_t e = e0; e < e1; ++e) {
+          pack_rows(x + m0 * ldx + int64_t(ci[e]) * bk, ldx, rows, bk, Xc);
+          float* Gb = acc + (e - eb) * bsz;
+          for (int i0 = 0; i0 < bm; i0 += MR)
+            for (int j0 = 0; j0 < bk; j0 += W)
+              sdd_tile_rows<NV>(std::min(MR, bm - i0), Dc + i0, bm, Xc + j0, bk, rows, Gb + int64_t(i0) * bk + j0,
+                                bk, m0 == 0);
+        }
       }
     }
     if constexpr (!std::is_same_v<T, float>) {
-      T* out = dw + e0 * bsz;
-      const int64_t n = (e1 - e0) * bsz;
+      T* out = dw + eb * bsz;
+      const int64_t n = (ee - eb) * bsz;
       int64_t i = 0;
       for (; i + 8 <= n; i += 8) st8(out + i, _mm256_loadu_ps(acc + i));
       for (; i < n; ++i) out[i] = from_f32<T>(acc[i]);
@@ -297,13 +332,10 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, con
 template <typename T>
 void bsr_dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& mt, const T* bias, int act, T* y,
                T* z, int nt) {
-  const int NV = mt.bm % 16 == 0 ? 2 : 1;
-  float* P = t_packed.get(size_t(mt.nnzb) * mt.bm * mt.bk);
-  pack_transposed(values, mt, 8 * NV, P, nt);
-  if (NV == 2)
-    fwd_act<T, 2>(x, ldx, m, P, mt, bias, act, y, z, nt);
+  if (mt.bm % 16 == 0)
+    fwd_act<T, 2>(x, ldx, m, values, mt, bias, act, y, z, nt);
   else
-    fwd_act<T, 1>(x, ldx, m, P, mt, bias, act, y, z, nt);
+    fwd_act<T, 1>(x, ldx, m, values, mt, bias, act, y, z, nt);
 }
 
 template <typename T>

@@ -9,8 +9,8 @@
 //   dds_t: rows n of W (CSR), A = x;  dds: columns k of W via the CSC metadata
 //   (row_indices_t, perm_t into the values: no transposed copy), A = dy.
 // sdd (dW[n, k] = sum_m dy[m, n] x[m, k] at the stored entries) packs both x and dy
-// transposed, 64 rows of m at a time shared by all threads, and each entry is a 64-long dot
-// product added to its float32 accumulator in panel order.
+// transposed, 64 rows of m at a time, and each entry is a 64-long dot product added to its
+// float32 accumulator in panel order; the m range is cut into a few fixed slices summed last.
 #include <omp.h>
 
 #include <algorithm>
@@ -24,6 +24,9 @@ namespace spd {
 namespace cpu {
 namespace {
 
+#ifndef SPD_SDD_SLICES
+#define SPD_SDD_SLICES 4
+#endif
 #ifndef SPD_CSR_L2
 #define SPD_CSR_L2 (320 * 1024)
 #endif
@@ -31,7 +34,8 @@ constexpr int MP = 64;   // sdd: rows of m per packed panel (8 vectors)
 constexpr int PF = 8;    // prefetch distance, in entries
 
 thread_local Scratch t_panel;               // per worker: one packed panel
-thread_local Scratch t_xt, t_dt, t_acc32;   // sdd, on the calling thread: shared panels, fp32 sums
+thread_local Scratch t_xt, t_dt;  // sdd, per worker: packed panels of x and dy
+thread_local Scratch t_acc32;    // sdd, on the calling thread: float32 sums of the m slices
 
 // Ap[c * P + i] = a[m0 + i, c0 + c] for c in [c0, c1), i < rows; zero for rows <= i < P.
 template <int P, typename T>
@@ -166,71 +170,80 @@ void spmm(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, cons
 }
 
 // ---------------------------------------------------------------------------------- sdd
+// acc[e] (+)= dot(dt[0..64), xt[ci[e]][0..64)) for the entries e of one row: 4 entries at a
+// time (4 independent chains), one horizontal sum each.
+inline void sdd_row(const float* dt, const float* xt, int64_t e0, int64_t e1, const int32_t* ci, float* acc,
+                    bool first) {
+  if (e0 == e1) return;
+  __m256 d[8];
+  for (int v = 0; v < 8; ++v) d[v] = _mm256_load_ps(dt + 8 * v);
+  int64_t e = e0;
+  for (; e + 4 <= e1; e += 4) {
+    if (e + 4 + PF < e1)
+      for (int q = 0; q < 4; ++q) prefetch_row<8>(xt + int64_t(ci[e + PF + q]) * MP);
+    const float* p0 = xt + int64_t(ci[e]) * MP;
+    const float* p1 = xt + int64_t(ci[e + 1]) * MP;
+    const float* p2 = xt + int64_t(ci[e + 2]) * MP;
+    const float* p3 = xt + int64_t(ci[e + 3]) * MP;
+    __m256 a0 = _mm256_mul_ps(d[0], _mm256_load_ps(p0));
+    __m256 a1 = _mm256_mul_ps(d[0], _mm256_load_ps(p1));
+    __m256 a2 = _mm256_mul_ps(d[0], _mm256_load_ps(p2));
+    __m256 a3 = _mm256_mul_ps(d[0], _mm256_load_ps(p3));
+    for (int v = 1; v < 8; ++v) {
+      a0 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p0 + 8 * v), a0);
+      a1 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p1 + 8 * v), a1);
+      a2 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p2 + 8 * v), a2);
+      a3 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p3 + 8 * v), a3);
+    }
+    const float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+    acc[e] = first ? s0 : acc[e] + s0;
+    acc[e + 1] = first ? s1 : acc[e + 1] + s1;
+    acc[e + 2] = first ? s2 : acc[e + 2] + s2;
+    acc[e + 3] = first ? s3 : acc[e + 3] + s3;
+  }
+  for (; e < e1; ++e) {
+    const float* p0 = xt + int64_t(ci[e]) * MP;
+    __m256 a0 = _mm256_mul_ps(d[0], _mm256_load_ps(p0));
+    for (int v = 1; v < 8; ++v) a0 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p0 + 8 * v), a0);
+    const float s0 = hsum(a0);
+    acc[e] = first ? s0 : acc[e] + s0;
+  }
+}
+
 template <typename T>
 void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, const Meta& mt, T* dw, int nt) {
   const int64_t N = mt.nbr, K = mt.nbc, nnz = mt.nnzb;
   const int32_t* ro = mt.row_offsets;
   const int32_t* ci = mt.col_indices;
-  float* Xt = t_xt.get(size_t(K) * MP);
-  float* Dt = t_dt.get(size_t(N) * MP);
-  float* acc;
-  if constexpr (std::is_same_v<T, float>)
-    acc = dw;
-  else
-    acc = t_acc32.get(size_t(nnz));
-  if (M == 0) std::fill(acc, acc + nnz, 0.0f);
-  const int64_t gx = (K + 7) / 8, gd = (N + 7) / 8;
+  // The m reduction is split into S fixed slices (S depends on M only, not on the threads);
+  // each slice is one task that packs its own panels and sums into its own float32 buffer,
+  // and the buffers are added in slice order. No barrier inside the reduction, and the same
+  // bits for any thread count.
+  const int64_t npan = (M + MP - 1) / MP;
+  const int64_t S = std::max<int64_t>(1, std::min<int64_t>(SPD_SDD_SLICES, npan));
+  float* part = t_acc32.get(size_t(S) * nnz);
+  if (M == 0) std::fill(part, part + nnz, 0.0f);
 #pragma omp parallel num_threads(nt)
-  for (int64_t m0 = 0; m0 < M; m0 += MP) {
-    const int64_t rows = std::min<int64_t>(MP, M - m0);
-    const bool first = m0 == 0;
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t s = 0; s < S; ++s) {
+      float* xt = t_xt.get(size_t(K) * MP);
+      float* dt = t_dt.get(size_t(N) * MP);
+      float* out = part + s * nnz;
+      const int64_t p0 = s * npan / S, p1 = (s + 1) * npan / S;
+      for (int64_t pan = p0; pan < p1; ++pan) {
+        const int64_t m0 = pan * MP, rows = std::min<int64_t>(MP, M - m0);
+        pack_panel_t<MP>(x, ldx, m0, rows, 0, K, xt);
+        pack_panel_t<MP>(dy, lddy, m0, rows, 0, N, dt);
+        for (int64_t n = 0; n < N; ++n) sdd_row(dt + n * MP, xt, ro[n], ro[n + 1], ci, out, pan == p0);
+      }
+    }
 #pragma omp for schedule(static)
-    for (int64_t g = 0; g < gx + gd; ++g) {
-      if (g < gx)
-        pack_panel_t<MP>(x, ldx, m0, rows, g * 8, std::min(K, g * 8 + 8), Xt);
-      else
-        pack_panel_t<MP>(dy, lddy, m0, rows, (g - gx) * 8, std::min(N, (g - gx) * 8 + 8), Dt);
+    for (int64_t e = 0; e < nnz; ++e) {
+      float v = part[e];
+      for (int64_t s = 1; s < S; ++s) v += part[s * nnz + e];
+      dw[e] = from_f32<T>(v);
     }
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t e0 = ro[n], e1 = ro[n + 1];
-      if (e0 == e1) continue;
-      __m256 d[8];
-      for (int v = 0; v < 8; ++v) d[v] = _mm256_load_ps(Dt + n * MP + 8 * v);
-      int64_t e = e0;
-      for (; e + 4 <= e1; e += 4) {
-        const float* p0 = Xt + int64_t(ci[e]) * MP;
-        const float* p1 = Xt + int64_t(ci[e + 1]) * MP;
-        const float* p2 = Xt + int64_t(ci[e + 2]) * MP;
-        const float* p3 = Xt + int64_t(ci[e + 3]) * MP;
-        __m256 a0 = _mm256_mul_ps(d[0], _mm256_load_ps(p0));
-        __m256 a1 = _mm256_mul_ps(d[0], _mm256_load_ps(p1));
-        __m256 a2 = _mm256_mul_ps(d[0], _mm256_load_ps(p2));
-        __m256 a3 = _mm256_mul_ps(d[0], _mm256_load_ps(p3));
-        for (int v = 1; v < 8; ++v) {
-          a0 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p0 + 8 * v), a0);
-          a1 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p1 + 8 * v), a1);
-          a2 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p2 + 8 * v), a2);
-          a3 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p3 + 8 * v), a3);
-        }
-        const float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
-        acc[e] = first ? s0 : acc[e] + s0;
-        acc[e + 1] = first ? s1 : acc[e + 1] + s1;
-        acc[e + 2] = first ? s2 : acc[e + 2] + s2;
-        acc[e + 3] = first ? s3 : acc[e + 3] + s3;
-      }
-      for (; e < e1; ++e) {
-        const float* p0 = Xt + int64_t(ci[e]) * MP;
-        __m256 a0 = _mm256_mul_ps(d[0], _mm256_load_ps(p0));
-        for (int v = 1; v < 8; ++v) a0 = _mm256_fmadd_ps(d[v], _mm256_load_ps(p0 + 8 * v), a0);
-        const float s0 = hsum(a0);
-        acc[e] = first ? s0 : acc[e] + s0;
-      }
-    }
-  }
-  if constexpr (!std::is_same_v<T, float>) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t e = 0; e < nnz; ++e) dw[e] = from_f32<T>(acc[e]);
   }
 }
 
