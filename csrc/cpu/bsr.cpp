@@ -17,6 +17,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -26,26 +27,11 @@ namespace spd {
 namespace cpu {
 namespace {
 
-#ifndef SPD_PF
-#define SPD_PF 1
-#endif
-#ifndef SPD_PACK_PF
-#define SPD_PACK_PF 8
-#endif
-#ifndef SPD_SDD_GROUPS
-#define SPD_SDD_GROUPS 2
-#endif
-#ifndef SPD_SDD_L1
-#define SPD_SDD_L1 24576
-#endif
-#ifndef SPD_HINT
-#define SPD_HINT _MM_HINT_T0
-#endif
-#ifndef SPD_MC
-#define SPD_MC 96
-#endif
-constexpr int MR = 6;        // register-tile rows
-constexpr int64_t MC = SPD_MC;   // rows of x per task: the panel a task reuses across its line
+constexpr int MR = 6;          // register-tile rows
+constexpr int64_t MC = 96;     // rows of x (dy) per task: the panel it reuses across its line
+constexpr int PACK_PF = 8;     // sdd: rows prefetched ahead while packing
+constexpr int SDD_L1 = 24576;  // sdd: bytes of the two packed chunks together
+constexpr int SDD_GROUPS = 2;  // sdd: groups of block rows per thread
 
 thread_local Scratch t_packed;    // dds_t: one block row transposed to float32, per worker
 thread_local Scratch t_blockacc;  // sdd: float32 sums of one block row (bfloat16 output), per worker
@@ -65,14 +51,14 @@ inline void line_tile(const TA* a, int64_t lda, int64_t e0, int64_t e1, int step
     const TV* v;
     entry(e, off, v);
     const TA* ap = a + off;
-    if (SPD_PF && pf_rows > 0) {
-      // The next tile's rows of A at this block, one cache line per 16 floats: without this
+    if (pf_rows > 0) {
+      // The next tile's rows of A at this block, one prefetch per cache line: without this
       // the first touch of each A segment is a serial miss (the prefetchers do not follow the
       // jumps between blocks).
       const TA* na = ap + R * lda;
       for (int r = 0; r < pf_rows; ++r)
         for (int p = 0; p < steps; p += 64 / int(sizeof(TA)))
-          _mm_prefetch(reinterpret_cast<const char*>(na + r * lda + p), SPD_HINT);
+          _mm_prefetch(reinterpret_cast<const char*>(na + r * lda + p), _MM_HINT_T0);
     }
     for (int p = 0; p < steps; ++p) {
       __m256 b[NV];
@@ -255,14 +241,14 @@ inline void sdd_tile_rows(int R, const float* D, int64_t ldd, const float* X, in
 // panel in place would fetch one line per row at a stride of ld, which for ld = 768 floats
 // maps every row onto 4 of the 64 L1 sets.
 // The rows lie ld apart, in different pages for ld >= 1024, where the hardware prefetchers
-// stop; so they are prefetched in software, SPD_PACK_PF rows ahead.
+// stop; so they are prefetched in software, PACK_PF rows ahead.
 template <typename T>
 inline void pack_rows(const T* src, int64_t ld, int64_t rows, int w, float* dst) {
   constexpr int per_line = 64 / int(sizeof(T));
   for (int64_t m = 0; m < rows; ++m, src += ld, dst += w) {
-    if (SPD_PACK_PF > 0 && m + SPD_PACK_PF < rows)
+    if (PACK_PF > 0 && m + PACK_PF < rows)
       for (int j = 0; j < w; j += per_line)
-        _mm_prefetch(reinterpret_cast<const char*>(src + SPD_PACK_PF * ld + j), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(src + PACK_PF * ld + j), _MM_HINT_T0);
     for (int j = 0; j < w; j += 8) _mm256_storeu_ps(dst + j, ld8(src + j));
   }
 }
@@ -275,13 +261,13 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, con
   const int32_t* ro = mt.row_offsets;
   const int32_t* ci = mt.col_indices;
   // rows per chunk of the m reduction: both packed panels together in about 24 KB of L1
-  const int64_t mch = std::max<int64_t>(8, (SPD_SDD_L1 / (4 * (bm + bk))) / 8 * 8);
+  const int64_t mch = std::max<int64_t>(8, (SDD_L1 / (4 * (bm + bk))) / 8 * 8);
   // A task is a group of block rows with about nnzb / G blocks, walking m chunk by chunk over
   // all its rows: the chunk's rows of x stay in cache across the group, so x is streamed
   // G times instead of once per block row. Grouping does not change any block's order of
   // summation (m ascending), so G may follow the thread count.
   constexpr int64_t GMAX = 64;
-  const int64_t G = std::max<int64_t>(1, std::min<int64_t>({mt.nbr, int64_t(SPD_SDD_GROUPS) * nt, GMAX}));
+  const int64_t G = std::max<int64_t>(1, std::min<int64_t>({mt.nbr, int64_t(SDD_GROUPS) * nt, GMAX}));
   int64_t gb[GMAX + 1];
   gb[0] = 0;
   for (int64_t g = 1, r = 0; g < G; ++g) {

@@ -24,16 +24,12 @@ namespace spd {
 namespace cpu {
 namespace {
 
-#ifndef SPD_SDD_SLICES
-#define SPD_SDD_SLICES 4
-#endif
-#ifndef SPD_CSR_L2
-#define SPD_CSR_L2 (320 * 1024)
-#endif
-constexpr int MP = 64;   // sdd: rows of m per packed panel (8 vectors)
-constexpr int PF = 8;    // prefetch distance, in entries
+constexpr int MP = 64;                  // sdd: rows of m per packed panel (8 vectors)
+constexpr int PF = 8;                   // entries ahead whose panel rows are prefetched
+constexpr int SDD_SLICES = 4;           // sdd: fixed slices of the m reduction
+constexpr int64_t L2_PANEL = 320 << 10; // dds_t/dds: largest 64-row panel (bytes) kept
 
-thread_local Scratch t_panel;               // per worker: one packed panel
+thread_local Scratch t_panel;    // per worker: one packed panel
 thread_local Scratch t_xt, t_dt;  // sdd, per worker: packed panels of x and dy
 thread_local Scratch t_acc32;    // sdd, on the calling thread: float32 sums of the m slices
 
@@ -163,7 +159,7 @@ void spmm_impl(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols,
 template <typename T, int ACT>
 void spmm(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs, const int32_t* idx,
           const int32_t* perm, const T* vals, const T* bias, T* y, T* z, int nt) {
-  if (acols * 64 * 4 <= SPD_CSR_L2)
+  if (acols * 64 * 4 <= L2_PANEL)
     spmm_impl<8, T, ACT>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
   else
     spmm_impl<4, T, ACT>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
@@ -220,7 +216,7 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, con
   // and the buffers are added in slice order. No barrier inside the reduction, and the same
   // bits for any thread count.
   const int64_t npan = (M + MP - 1) / MP;
-  const int64_t S = std::max<int64_t>(1, std::min<int64_t>(SPD_SDD_SLICES, npan));
+  const int64_t S = std::max<int64_t>(1, std::min<int64_t>(SDD_SLICES, npan));
   float* part = t_acc32.get(size_t(S) * nnz);
   if (M == 0) std::fill(part, part + nnz, 0.0f);
 #pragma omp parallel num_threads(nt)
