@@ -1,4 +1,10 @@
-"""``cpu`` backend: the C++/OpenMP kernels of ``csrc/cpu`` (via ``torch.ops.spd_kernels_C``)."""
+"""``cpu`` backend: the C++/OpenMP kernels of ``csrc/cpu`` (via ``torch.ops.spd_kernels_C``).
+
+float32 (and bfloat16 with float32 accumulation) on CPU tensors; CSR (block (1, 1)) or BSR
+with bm and bk multiples of 8 (16x16, 32x32, 64x64, 32x64, ...). AVX2 + FMA register-tiled
+micro-kernels, OpenMP over independent output tiles (``torch.get_num_threads()`` threads);
+results do not depend on the thread count.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,14 @@ import torch
 
 from .. import _ext
 from .base import Backend
+
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def block_supported(block) -> bool:
+    """CSR (1, 1), or both block sides multiples of 8 (the AVX2 tile width)."""
+    bm, bk = block
+    return (bm, bk) == (1, 1) or (bm % 8 == 0 and bk % 8 == 0)
 
 
 class CpuBackend(Backend):
@@ -19,13 +33,30 @@ class CpuBackend(Backend):
             return [f"compiled extension not loaded ({_ext.IMPORT_ERROR})"]
         missing = [c for c in self.OPS.values() if not _ext.has_op(c, "CPU")]
         if missing:
-            return [f"extension has no CPU kernels ({', '.join(missing)} not registered)"]
+            return [
+                f"extension has no CPU kernels ({', '.join(missing)} not registered; "
+                "they need an x86-64 build with AVX2 and FMA)"
+            ]
+        cap = torch.backends.cpu.get_cpu_capability()
+        if cap not in ("AVX2", "AVX512"):
+            return [f"this CPU lacks AVX2/FMA (torch reports capability {cap})"]
         return []
 
     def call_reasons(self, op, device, dtype, block):
         reasons = []
         if device.type != "cpu":
             reasons.append(f"runs on CPU tensors only, got device {device}")
-        if dtype not in (torch.float32, torch.bfloat16):
+        if dtype not in DTYPES:
             reasons.append(f"dtype {dtype} not supported (float32, bfloat16)")
+        if not block_supported(block):
+            reasons.append(f"block {tuple(block)} not supported (block (1, 1), or bm and bk multiples of 8)")
         return reasons
+
+    def dds_t(self, x, values, meta, bias, activation, save_preact):
+        return _ext.c_op("cpu_dds_t")(x, values, *meta, bias, activation, save_preact)
+
+    def dds(self, dy, values, meta):
+        return _ext.c_op("cpu_dds")(dy, values, *meta)
+
+    def sdd(self, dy, x, values, meta):
+        return _ext.c_op("cpu_sdd")(dy, x, values, *meta)
