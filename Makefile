@@ -30,7 +30,7 @@ build: install  ## alias of install
 test: $(VENV)/.built  ## set up and run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: $(VENV)/.built  ## set up and run the whole job on the embedded default model and data
+demo: $(VENV)/.built  ## set up and run the whole job (fine-tune, SPD-prune, export, evaluate, profile) on the embedded default
 	$(VENV)/bin/spd demo $(DEMO_ARGS)
 
 bench: $(VENV)/.built  ## kernel benchmarks (pytest-benchmark), not part of the test run

@@ -25,6 +25,7 @@ from spd_kernels.nn import MaskedLinear
 EMBEDDED_MODEL = "embedded"  # the name the CLI accepts for the packaged all-MiniLM-L6-v2
 SPD_MODEL_FILE = "spd_model.json"
 WEIGHTS_FILE = "model.safetensors"
+PACKED_MANIFEST = "spd_pruned.json"  # what spd_kernels.save_pruned writes (an exported model)
 
 # Which linears of one encoder layer are pruned, per model_type (suffixes below the layer).
 PRUNABLE_SUFFIXES: Dict[str, Tuple[str, ...]] = {
@@ -169,6 +170,8 @@ def load_pretrained(
     path = resolve_model_path(name_or_path)
     if os.path.isfile(os.path.join(path, SPD_MODEL_FILE)):
         return load_model(path)
+    if os.path.isfile(os.path.join(path, PACKED_MANIFEST)):
+        return load_exported(path)
     kwargs = {"num_labels": num_labels, "attn_implementation": "eager"}
     if problem_type:
         kwargs["problem_type"] = problem_type
@@ -253,6 +256,34 @@ def load_model(path: str) -> Tuple[nn.Module, object]:
         raise ValueError(f"{os.path.join(path, WEIGHTS_FILE)}: unreadable weights ({e})") from e
     load_state_strict(model, state, what=path)
     tok = AutoTokenizer.from_pretrained(path)
+    return model, tok
+
+
+def save_exported(model: nn.Module, tokenizer, path: str):
+    """Pack the masked layers of a trained model (``sk.export``: SparseLinear, FFN GELU fused
+    into the kernel epilogue) and save it with ``sk.save_pruned`` plus the tokenizer.
+    Returns the save report (file sizes)."""
+    import spd_kernels as sk
+
+    model = sk.export(model)
+    report = sk.save_pruned(model, path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return report
+
+
+def load_exported(path: str) -> Tuple[nn.Module, object]:
+    """Load a directory written by :func:`save_exported` (needs only spd_kernels to run)."""
+    from transformers import AutoTokenizer
+
+    import spd_kernels as sk
+
+    model = sk.load_pruned(path)
+    tok = (
+        AutoTokenizer.from_pretrained(path)
+        if os.path.isfile(os.path.join(path, "tokenizer_config.json"))
+        else None
+    )
     return model, tok
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from spd_kernels.nn import SparseLinear
+
 from ..config import add_dataclass_arguments, build_config
 from ..data import DataConfig, load_task
 from ..models import load_pretrained, masked_linears
@@ -56,10 +58,14 @@ def run(args) -> int:
         model.to(dev)
         splits = ("validation", "test") if args.split == "both" else (args.split,)
         masked = masked_linears(model)
+        packed = [m for m in model.modules() if isinstance(m, SparseLinear)]
+        if not masked and packed:  # an exported model: stored blocks over the packed layers
+            stored = sum(m.weight.nnz for m in packed)
+            total = sum(m.weight.shape[0] * m.weight.shape[1] for m in packed)
         out = {
             "model": path,
             "task": task.name,
-            "sparsity": model_sparsity(masked) if masked else 0.0,
+            "sparsity": model_sparsity(masked) if masked else (1 - stored / total if packed else 0.0),
             **{s: evaluate_model(model, enc[s], task, args.batch_size, dev) for s in splits},
         }
     except (ValueError, TypeError, FileNotFoundError, OSError) as e:

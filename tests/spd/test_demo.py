@@ -1,0 +1,53 @@
+"""`spd demo` end to end on a tiny model and tiny data: every stage runs and the report holds
+what it measured; `spd export` output loads with spd_kernels alone and evaluates like the run."""
+
+import json
+
+import torch
+from spd_tiny import save_tiny_model_dir, sentences, write_csv
+
+import spd_kernels as sk
+from spd.cli import main
+
+
+def test_demo_writes_the_report(tmp_path):
+    save_tiny_model_dir(str(tmp_path / "model"), hidden=32, intermediate=64)
+    rows = sentences(56, seed=3)
+    write_csv(tmp_path / "train.csv", rows[:32])
+    write_csv(tmp_path / "dev.csv", rows[32:44])
+    write_csv(tmp_path / "test.csv", rows[44:])
+    out = tmp_path / "report"
+    rc = main([
+        "demo", "--model", str(tmp_path / "model"), "--output-dir", str(out), "--sparsity", "0.75",
+        "--granularity", "block16", "--max-train-samples", "0", "--max-length", "16",
+        "--batch-size", "8", "--teacher-epochs", "1", "--prune-epochs", "1", "--final-epochs", "1",
+        "--teacher-lr", "2e-3", "--prune-lr", "2e-3", "--final-lr", "1e-3", "--threads", "1",
+        "--profile-batch", "2", "--profile-seq-len", "16", "--no-kernel-profile",
+        "--", "--task", "files", "--train-file", str(tmp_path / "train.csv"),
+        "--validation-file", str(tmp_path / "dev.csv"), "--test-file", str(tmp_path / "test.csv"),
+        "--cache-dir", str(tmp_path / "cache"),
+    ])  # fmt: skip
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert 0.0 <= res["teacher_test_accuracy"] <= 1.0
+    assert abs(res["student_sparsity"] - 0.75) < 0.02
+    # the exported (packed) student computes what the masked student computed
+    assert res["exported_test_accuracy"] == res["student_test_accuracy"]
+    assert abs(json.loads((out / "exported_eval.json").read_text())["sparsity"] - 0.75) < 0.02
+    assert res["model_speedup"]["model_forward"] > 0
+    summary = (out / "summary.md").read_text()
+    assert "dense teacher" in summary and "exported" in summary
+    assert (out / "training.png").stat().st_size > 10_000
+    # the exported directory needs only spd_kernels to load
+    model = sk.load_pruned(out / "exported")
+    packed = [m for m in model.modules() if isinstance(m, sk.SparseLinear)]
+    assert len(packed) == 12 and any(m.activation == "gelu" for m in packed)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[2, 10, 11, 3]])).logits
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+
+
+def test_export_refuses_a_dense_model(tmp_path, capsys):
+    save_tiny_model_dir(str(tmp_path / "model"))
+    assert main(["export", str(tmp_path / "model"), "--output-dir", str(tmp_path / "x")]) == 2
+    assert "no pruned (MaskedLinear) layers" in capsys.readouterr().err
