@@ -118,6 +118,9 @@ at::Tensor dense_operand(const at::Tensor& t, const char* name, int64_t cols, co
   return t;
 }
 
+// torch's intra-op thread count; one thread when already inside a parallel region.
+int num_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
 int64_t row_stride(const at::Tensor& t) { return t.size(0) > 1 ? t.stride(0) : t.size(1); }
 
 std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::Tensor& values,
@@ -142,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::T
   at::Tensor y = at::empty({M, N}, x.options());
   at::Tensor z = save_preact ? at::empty({M, N}, x.options()) : at::empty({0}, x.options());
   if (M == 0 || N == 0) return {y, z};
-  const int nt = at::get_num_threads();
+  const int nt = num_threads();
   if (values.scalar_type() == at::kFloat) {
     cpu::dds_t<float>(x.data_ptr<float>(), row_stride(x), M, values.data_ptr<float>(), m,
                       bias.defined() ? bias.data_ptr<float>() : nullptr, act, y.data_ptr<float>(),
@@ -163,7 +166,7 @@ at::Tensor dds_cpu(const at::Tensor& dy_in, const at::Tensor& values, const at::
   const int64_t M = dy.size(0), K = m.k();
   at::Tensor dx = at::empty({M, K}, dy.options());
   if (M == 0 || K == 0) return dx;
-  const int nt = at::get_num_threads();
+  const int nt = num_threads();
   if (values.scalar_type() == at::kFloat) {
     cpu::dds<float>(dy.data_ptr<float>(), row_stride(dy), M, values.data_ptr<float>(), m, dx.data_ptr<float>(), nt);
   } else {
@@ -184,7 +187,7 @@ at::Tensor sdd_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Te
   const int64_t M = x.size(0);
   at::Tensor dw = at::empty_like(values);
   if (m.nnzb == 0) return dw;
-  const int nt = at::get_num_threads();
+  const int nt = num_threads();
   if (values.scalar_type() == at::kFloat) {
     cpu::sdd<float>(dy.data_ptr<float>(), row_stride(dy), x.data_ptr<float>(), row_stride(x), M, m,
                     dw.data_ptr<float>(), nt);
