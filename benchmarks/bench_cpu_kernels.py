@@ -290,8 +290,8 @@ def parse_args(argv=None):
     p.add_argument("-v", "--verbose", action="store_true", help="log each measurement to stderr")
     args = p.parse_args(argv)
     if args.quick:
-        args.m, args.shapes, args.sparsities = 64, "64x128", "0.5,0.9"
-        args.min_run_time = min(args.min_run_time, 0.01)
+        args.m, args.shapes, args.sparsities = 64, "64x128", "0.5"
+        args.min_run_time = min(args.min_run_time, 0.005)
     args.shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
     args.sparsities = [float(s) for s in args.sparsities.split(",")]
     args.layouts = [s.strip() for s in args.layouts.split(",")]

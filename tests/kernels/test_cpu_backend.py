@@ -343,6 +343,8 @@ def test_benchmark_quick_writes_the_csv_schema(tmp_path):
             sys.executable,
             os.path.join(ROOT, "benchmarks", "bench_cpu_kernels.py"),
             "--quick",
+            "--threads",
+            "1",
             "--out",
             str(out),
         ],
@@ -370,3 +372,4 @@ def test_benchmark_quick_writes_the_csv_schema(tmp_path):
         assert 0 < p20 <= p50 <= p80
         assert float(r["gflops"]) >= 0 and r["torch_version"] == torch.__version__
         assert float(r["gflops"]) > 0 or r["backend"] != "dense"
+        assert r["threads"] == "1"
