@@ -70,6 +70,7 @@ FIELDS = [
     "device",
     "torch_version",
     "timestamp",
+    "threads",
 ]
 
 
@@ -138,7 +139,13 @@ def run(args) -> List[dict]:
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    common = dict(dtype="float32", device=device_name(), torch_version=torch.__version__, timestamp=stamp)
+    common = dict(
+        dtype="float32",
+        device=device_name(),
+        torch_version=torch.__version__,
+        timestamp=stamp,
+        threads=args.threads,
+    )
     c_dds_t, c_dds, c_sdd = (_ext.c_op(n) for n in ("cpu_dds_t", "cpu_dds", "cpu_sdd"))
     rows: List[dict] = []
 
@@ -277,11 +284,14 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(HERE, "results", "cpu_kernels.csv"), help="CSV path")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny shapes, short runs (seconds)")
+    p.add_argument(
+        "--from-csv", metavar="PATH", help="print the markdown table of an existing CSV; no timing"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log each measurement to stderr")
     args = p.parse_args(argv)
     if args.quick:
-        args.m, args.shapes, args.sparsities = 64, "64x128", "0.5,0.9"
-        args.min_run_time = min(args.min_run_time, 0.01)
+        args.m, args.shapes, args.sparsities = 64, "64x128", "0.5"
+        args.min_run_time = min(args.min_run_time, 0.005)
     args.shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
     args.sparsities = [float(s) for s in args.sparsities.split(",")]
     args.layouts = [s.strip() for s in args.layouts.split(",")]
@@ -291,8 +301,38 @@ def parse_args(argv=None):
     return args
 
 
+def machine_line(device, torch_version, threads, dtype, stamp) -> str:
+    return f"{device}, torch {torch_version}, {threads} threads, {dtype}, {stamp}"
+
+
+def read_csv(path: str) -> List[dict]:
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            for k in ("M", "N", "K"):
+                r[k] = int(r[k])
+            for k in (
+                "sparsity",
+                "p20_ms",
+                "p50_ms",
+                "p80_ms",
+                "speedup_vs_dense",
+                "speedup_vs_torch_sparse",
+                "gflops",
+            ):
+                r[k] = float(r[k])
+            rows.append(r)
+    return rows
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_csv:
+        rows = read_csv(args.from_csv)
+        r0 = rows[0]
+        print(machine_line(r0["device"], r0["torch_version"], r0["threads"], r0["dtype"], r0["timestamp"]))
+        print(markdown(rows))
+        return 0
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     reasons = sk.available_backends()["cpu"]
     if reasons:
@@ -300,7 +340,7 @@ def main(argv=None) -> int:
         return 2
     rows = run(args)
     write_csv(rows, args.out)
-    print(f"{device_name()}, torch {torch.__version__}, {args.threads} threads, float32")
+    print(machine_line(rows[0]["device"], torch.__version__, args.threads, "float32", rows[0]["timestamp"]))
     print(markdown(rows))
     print(f"\nwrote {len(rows)} rows to {args.out}")
     return 0

@@ -63,7 +63,11 @@ inline void spmm_row(__m256* acc, const float* Ap, int64_t e0, int64_t e1, const
                      const T* vals) {
   constexpr int P = 8 * V;
   for (int64_t e = e0; e < e1; ++e) {
-    if (e + PF < e1) prefetch_row<V>(Ap + int64_t(idx[e + PF]) * P);
+    if (e + PF < e1) {
+      prefetch_row<V>(Ap + int64_t(idx[e + PF]) * P);
+      // through the CSC permutation the values are read out of order: fetch them ahead too
+      if (perm) _mm_prefetch(reinterpret_cast<const char*>(vals + perm[e + PF]), _MM_HINT_T0);
+    }
     const __m256 w = _mm256_set1_ps(to_f32(vals[perm ? perm[e] : e]));
     const float* ap = Ap + int64_t(idx[e]) * P;
 #pragma GCC unroll 8
@@ -82,6 +86,10 @@ inline void spmm_row2(__m256* acc_a, __m256* acc_b, const float* Ap, int64_t a0,
     if (t + PF < common) {
       prefetch_row<V>(Ap + int64_t(idx[ea + PF]) * P);
       prefetch_row<V>(Ap + int64_t(idx[eb + PF]) * P);
+      if (perm) {
+        _mm_prefetch(reinterpret_cast<const char*>(vals + perm[ea + PF]), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(vals + perm[eb + PF]), _MM_HINT_T0);
+      }
     }
     const __m256 wa = _mm256_set1_ps(to_f32(vals[perm ? perm[ea] : ea]));
     const __m256 wb = _mm256_set1_ps(to_f32(vals[perm ? perm[eb] : eb]));

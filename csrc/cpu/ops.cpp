@@ -62,7 +62,6 @@ Meta check_meta(const at::Tensor& values, const at::Tensor& row_offsets, const a
                 const at::Tensor& perm_t, int walk) {
   SPD_CHECK_CPU(values);
   SPD_CHECK_DIM(values, 3);
-  SPD_CHECK_CONTIGUOUS(values);
   TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16,
                    "values must be float32 or bfloat16 for the cpu kernels, got ", values.scalar_type());
   for (const at::Tensor* t : {&row_offsets, &col_indices, &block_rows, &col_offsets, &row_indices_t, &perm_t}) {
@@ -118,15 +117,20 @@ at::Tensor dense_operand(const at::Tensor& t, const char* name, int64_t cols, co
   return t;
 }
 
+// torch's intra-op thread count; one thread when already inside a parallel region.
+int num_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
 int64_t row_stride(const at::Tensor& t) { return t.size(0) > 1 ? t.stride(0) : t.size(1); }
 
-std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::Tensor& values,
+std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::Tensor& values_in,
                                              const at::Tensor& row_offsets, const at::Tensor& col_indices,
                                              const at::Tensor& block_rows, const at::Tensor& col_offsets,
                                              const at::Tensor& row_indices_t, const at::Tensor& perm_t,
                                              const std::optional<at::Tensor>& bias_in, c10::string_view activation,
                                              bool save_preact) {
-  const Meta m = check_meta(values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t, BY_ROWS);
+  const Meta m = check_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t,
+                            BY_ROWS);
+  const at::Tensor values = values_in.contiguous();
   const int act = activation_code(activation);
   const at::Tensor x = dense_operand(x_in, "x", m.k(), values);
   const int64_t M = x.size(0), N = m.n();
@@ -142,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::T
   at::Tensor y = at::empty({M, N}, x.options());
   at::Tensor z = save_preact ? at::empty({M, N}, x.options()) : at::empty({0}, x.options());
   if (M == 0 || N == 0) return {y, z};
-  const int nt = at::get_num_threads();
+  const int nt = num_threads();
   if (values.scalar_type() == at::kFloat) {
     cpu::dds_t<float>(x.data_ptr<float>(), row_stride(x), M, values.data_ptr<float>(), m,
                       bias.defined() ? bias.data_ptr<float>() : nullptr, act, y.data_ptr<float>(),
@@ -155,15 +159,17 @@ std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::T
   return {y, z};
 }
 
-at::Tensor dds_cpu(const at::Tensor& dy_in, const at::Tensor& values, const at::Tensor& row_offsets,
+at::Tensor dds_cpu(const at::Tensor& dy_in, const at::Tensor& values_in, const at::Tensor& row_offsets,
                    const at::Tensor& col_indices, const at::Tensor& block_rows, const at::Tensor& col_offsets,
                    const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
-  const Meta m = check_meta(values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t, BY_COLS);
+  const Meta m = check_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t,
+                            BY_COLS);
+  const at::Tensor values = values_in.contiguous();
   const at::Tensor dy = dense_operand(dy_in, "dy", m.n(), values);
   const int64_t M = dy.size(0), K = m.k();
   at::Tensor dx = at::empty({M, K}, dy.options());
   if (M == 0 || K == 0) return dx;
-  const int nt = at::get_num_threads();
+  const int nt = num_threads();
   if (values.scalar_type() == at::kFloat) {
     cpu::dds<float>(dy.data_ptr<float>(), row_stride(dy), M, values.data_ptr<float>(), m, dx.data_ptr<float>(), nt);
   } else {
@@ -173,18 +179,20 @@ at::Tensor dds_cpu(const at::Tensor& dy_in, const at::Tensor& values, const at::
   return dx;
 }
 
-at::Tensor sdd_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& values,
+at::Tensor sdd_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& values_in,
                    const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& block_rows,
                    const at::Tensor& col_offsets, const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
-  const Meta m = check_meta(values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t, BY_ROWS);
+  const Meta m = check_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t,
+                            BY_ROWS);
+  const at::Tensor values = values_in.contiguous();
   const at::Tensor dy = dense_operand(dy_in, "dy", m.n(), values);
   const at::Tensor x = dense_operand(x_in, "x", m.k(), values);
   TORCH_CHECK_VALUE(dy.size(0) == x.size(0), "dy and x must have the same number of rows, got ", dy.sizes(),
                     " and ", x.sizes());
   const int64_t M = x.size(0);
-  at::Tensor dw = at::empty_like(values);
+  at::Tensor dw = at::empty(values.sizes(), values.options());
   if (m.nnzb == 0) return dw;
-  const int nt = at::get_num_threads();
+  const int nt = num_threads();
   if (values.scalar_type() == at::kFloat) {
     cpu::sdd<float>(dy.data_ptr<float>(), row_stride(dy), x.data_ptr<float>(), row_stride(x), M, m,
                     dw.data_ptr<float>(), nt);
