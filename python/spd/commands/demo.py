@@ -30,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=float, default=0.9, help="target sparsity of the encoder linears")
     p.add_argument("--granularity", default="block32", help="element, or blockN / blockNxM")
     p.add_argument(
-        "--max-train-samples", type=int, default=1024, help="training examples used (0 = all 10246)"
+        "--max-train-samples", type=int, default=768, help="training examples used (0 = all 10246)"
+    )
+    p.add_argument(
+        "--max-eval-samples", type=int, default=640, help="validation/test examples used (0 = all 1281)"
     )
     p.add_argument("--max-length", type=int, default=48, help="tokens per sentence for training/eval")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
@@ -143,6 +146,8 @@ def run(args) -> int:
     ]  # fmt: skip
     if args.max_train_samples:
         common += ["--max-train-samples", str(args.max_train_samples)]
+    eval_limit = ["--max-eval-samples", str(args.max_eval_samples)] if args.max_eval_samples else []
+    common += eval_limit
     data_args = [a for a in (args.data_args or []) if a != "--"]
     common += data_args
     t_start = time.time()
@@ -203,6 +208,7 @@ def run(args) -> int:
                 "test",
                 "--max-length",
                 str(args.max_length),
+                *eval_limit,
                 *data_args,
                 "--output",
                 os.path.join(out, "exported_eval.json"),
