@@ -69,6 +69,12 @@ _BERT_LIKE = ArchSpec(
 ARCHITECTURES: Dict[str, ArchSpec] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
+    # same module layout as BERT
+    "xlm-roberta": _BERT_LIKE,
+    "camembert": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "ernie": _BERT_LIKE,
+    "megatron-bert": _BERT_LIKE,
     "distilbert": ArchSpec(
         encoder=(
             _DISTIL_LAYER + r"attention\.(?:q_lin|k_lin|v_lin|out_lin)",

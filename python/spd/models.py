@@ -1,8 +1,8 @@
 """Loading BERT-family classifiers and swapping their encoder linears for MaskedLinear.
 
-The swap (:func:`make_prunable`) is deliberately tiny and kept in this one module: it is the
-only model surgery the training layer does, so it can be replaced by the kernel package's own
-``sparsify`` once that exists, without touching the trainer.
+The swap (:func:`make_prunable`) takes its layer names from the kernel package's table
+(``spd_kernels.surgery.ARCHITECTURES``) and, unlike ``sk.sparsify``, keeps layers that already
+are MaskedLinear (a resumed or re-pruned student).
 
 Saved models (:func:`save_model` / :func:`load_model`) are a directory with the Hugging Face
 ``config.json``, the tokenizer files, ``model.safetensors`` (the full state dict: weights,
@@ -26,28 +26,6 @@ EMBEDDED_MODEL = "embedded"  # the name the CLI accepts for the packaged all-Min
 SPD_MODEL_FILE = "spd_model.json"
 WEIGHTS_FILE = "model.safetensors"
 PACKED_MANIFEST = "spd_pruned.json"  # what spd_kernels.save_pruned writes (an exported model)
-
-# Which linears of one encoder layer are pruned, per model_type (suffixes below the layer).
-PRUNABLE_SUFFIXES: Dict[str, Tuple[str, ...]] = {
-    "bert": (
-        "attention.self.query",
-        "attention.self.key",
-        "attention.self.value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-    ),
-    "distilbert": (
-        "attention.q_lin",
-        "attention.k_lin",
-        "attention.v_lin",
-        "attention.out_lin",
-        "ffn.lin1",
-        "ffn.lin2",
-    ),
-}
-for _alias in ("roberta", "xlm-roberta", "camembert", "electra", "ernie", "megatron-bert"):
-    PRUNABLE_SUFFIXES[_alias] = PRUNABLE_SUFFIXES["bert"]
 
 # Where the stack of encoder layers lives, per model_type (grafting swaps its entries).
 LAYER_LISTS: Dict[str, str] = {"distilbert": "distilbert.transformer.layer"}
@@ -73,11 +51,13 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def _model_type(model: nn.Module) -> str:
+    from spd_kernels.surgery import ARCHITECTURES
+
     cfg = getattr(model, "config", None)
     mt = getattr(cfg, "model_type", None)
-    if mt not in PRUNABLE_SUFFIXES:
+    if mt not in ARCHITECTURES:
         raise ValueError(
-            f"model_type {mt!r} has no table of prunable linears; known: {sorted(PRUNABLE_SUFFIXES)}"
+            f"model_type {mt!r} has no table of prunable linears; known: {sorted(ARCHITECTURES)}"
         )
     return mt
 
@@ -92,15 +72,12 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def prunable_linear_names(model: nn.Module) -> List[str]:
-    """Fully qualified names of the encoder linears to prune, in layer order."""
-    mt = _model_type(model)
-    layers = encoder_layers(model)
-    prefix = next(n for n, m in model.named_modules() if m is layers)
-    names = []
-    for i in range(len(layers)):
-        for suffix in PRUNABLE_SUFFIXES[mt]:
-            names.append(f"{prefix}.{i}.{suffix}")
-    return names
+    """Fully qualified names of the encoder linears to prune, in layer order: the encoder rows
+    of ``spd_kernels.surgery.ARCHITECTURES`` (the one per-architecture table)."""
+    from spd_kernels.surgery import SparsityConfig, find_targets
+
+    _model_type(model)
+    return find_targets(model, SparsityConfig())
 
 
 def make_prunable(
