@@ -2,9 +2,15 @@
 # machine: AMD EPYC (2 cores visible), torch threads 2
 # machine: torch 2.13.0+cpu, spd_kernels 0.1.0, python 3.11.7
 # command: python benchmarks/bench_crossover.py
-# date: 2026-11-21T11:34:18Z; tokens 2048; shapes (N, K) [(384, 384), (1536, 384), (384, 1536)]
+# date: 2026-11-21T13:59:46Z; tokens 2048; shapes (N, K) [(384, 384), (1536, 384), (384, 1536)]
 # backend -> layout -> mode -> density below which the sparse path is faster
 CROSSOVER = {
+    "cpu": {
+        "bsr16": {"infer": 0.6936, "train": 0.6254},
+        "bsr32": {"infer": 0.7672, "train": 0.7039},
+        "bsr64": {"infer": 1.0, "train": 0.6595},
+        "csr": {"infer": 0.3821, "train": 0.3368},
+    },
     "reference": {
         "bsr16": {"infer": 0.0, "train": 0.0},
         "bsr32": {"infer": 0.0, "train": 0.0},
