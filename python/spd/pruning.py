@@ -10,9 +10,9 @@ A :class:`Pruner` owns the prunable layers of one model and, called once per opt
   forward and the gradient through); at each mask update the mask keeps the top-k scores.
 * ``soft-movement`` — the forward mask is ``σ(S) > τ_t`` (straight-through), and the loss gets
   ``λ_t · mean σ(S)`` (:meth:`Pruner.regularization`); τ and λ follow the cubic progress. At
-  each mask update the thresholded pattern is committed, never sparser than the cubic
-  schedule (the lowest scores beyond it stay), and at the end of the ramp the exact final
-  sparsity is enforced by score, so every method ends at the same budget.
+  each mask update the lowest scores over all layers are committed as pruned, exactly at the
+  cubic schedule's sparsity (between updates the threshold may drop more in the forward
+  pass), so every method ends at the same budget and none reaches it in one cut.
 
 Committed masks go through ``MaskedLinear.set_mask`` without ``allow_regrow``: a pruned
 weight never comes back. Masks are recomputed every ``update_every`` steps; between updates
@@ -240,14 +240,10 @@ class Pruner:
         alive = [reduce_to_blocks(m.mask, m.block, "any") for m in mods]
         imps = [self._importance(m) for m in mods]
         if c.method == "soft-movement":
-            tau = self.threshold(step if step is not None else self.total_steps)
-            kept = [a & (torch.sigmoid(s) > tau) for a, s in zip(alive, imps)]
-            total = sum(a.numel() for a in alive)
-            n_kept = sum(int(k.sum()) for k in kept)
-            if exact or n_kept < round(density * total):
-                # too sparse for the schedule (or the end of the ramp): top-k by score instead
-                kept = global_topk_masks(imps, alive, density)
-            new = kept
+            # the committed pattern follows the cubic schedule by score over all layers: the
+            # lowest σ(S) go first (those are also the ones under τ), so the budget is reached
+            # gradually instead of in one cut at the end of the ramp when τ lags behind it
+            new = global_topk_masks(imps, alive, density)
         elif c.scope == "global":
             new = global_topk_masks(imps, alive, density)
         else:
