@@ -226,6 +226,9 @@ def evaluate_model(
         model.train(was)
     out = compute_metrics(task.metrics, preds, data.labels.tolist()) if len(data) else {}
     out["loss"] = loss_sum / max(len(data), 1)
+    if not task.regression and len(data):
+        # share of the most predicted class: 1.0 means the model answers one class for all
+        out["top_class_share"] = max(np.bincount(np.asarray(preds, dtype=np.int64))) / len(preds)
     return out
 
 

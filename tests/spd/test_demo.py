@@ -37,6 +37,9 @@ def test_demo_writes_the_report(tmp_path):
     assert res["model_speedup"]["model_forward"] > 0
     summary = (out / "summary.md").read_text()
     assert "dense teacher" in summary and "exported" in summary
+    share = json.loads((out / "exported_eval.json").read_text())["test"]["top_class_share"]
+    assert 0.5 <= share <= 1.0
+    assert ("predicts one class" in summary) == (share >= 0.95)
     assert (out / "training.png").stat().st_size > 10_000
     # the exported directory needs only spd_kernels to load
     model = sk.load_pruned(out / "exported")
@@ -51,3 +54,36 @@ def test_export_refuses_a_dense_model(tmp_path, capsys):
     save_tiny_model_dir(str(tmp_path / "model"))
     assert main(["export", str(tmp_path / "model"), "--output-dir", str(tmp_path / "x")]) == 2
     assert "no pruned (MaskedLinear) layers" in capsys.readouterr().err
+
+
+def test_top_class_share_and_the_collapse_note():
+    from spd_tiny import tiny_bert
+
+    from spd.commands.demo import _collapse_warning
+    from spd.data import EncodedSplit, TaskInfo
+    from spd.trainer import evaluate_model
+
+    torch.manual_seed(0)
+    model = tiny_bert(dropout=0.0)
+    n, length = 12, 5
+    labels = torch.tensor([1] * 9 + [0] * 3)
+    data = EncodedSplit(
+        torch.randint(5, 60, (n * length,)),
+        torch.zeros(n * length, dtype=torch.long),
+        torch.arange(0, n * length + 1, length),
+        labels,
+    )
+    task = TaskInfo("t", 2, ("accuracy",))
+    with torch.no_grad():  # a model that answers class 1 whatever the input
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 5.0]))
+    m = evaluate_model(model, data, task, batch_size=5, device="cpu")
+    assert m["top_class_share"] == 1.0 and m["accuracy"] == 0.75  # accuracy = the class balance
+    assert "predicts one class for 100%" in _collapse_warning(m)[0]
+    with torch.no_grad():  # a random head: the answer depends on the input, both classes appear
+        model.classifier.weight.normal_(0, 5.0)
+        model.classifier.bias.zero_()
+    m = evaluate_model(model, data, task, batch_size=5, device="cpu")
+    assert 0.5 <= m["top_class_share"] < 1.0
+    assert _collapse_warning({"accuracy": 0.9, "top_class_share": 0.6}) == []
+    assert _collapse_warning({"pearson": 0.9}) == []  # regression: no share

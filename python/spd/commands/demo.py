@@ -126,6 +126,21 @@ def _model_speedup(csv_path: str) -> Dict[str, float]:
     return out
 
 
+def _collapse_warning(metrics: Dict) -> List[str]:
+    """A line for the summary when the student answers (almost) one class: its accuracy is
+    then the class balance of the test split, not something it learned."""
+    share = metrics.get("top_class_share")
+    if share is None or share < 0.95:
+        return []
+    return [
+        f"**Note:** the student predicts one class for {share:.0%} of the test sentences: at this "
+        "budget it has not recovered from the pruning (its accuracy is about the share of that class). "
+        "Scale the run up (`--max-train-samples`, `--prune-epochs`, `--final-epochs`) or use "
+        "`--granularity element`; see README, Training.",
+        "",
+    ]
+
+
 def run(args) -> int:
     import torch
 
@@ -322,6 +337,7 @@ def run(args) -> int:
             else "timing missing (see profile_model/)."
         ),
         "",
+        *_collapse_warning(exported_eval["test"]),
         f"Settings: {args.max_train_samples or 'all'} training sentences, max length {args.max_length}, "
         f"teacher {args.teacher_epochs} epochs, SPD {args.prune_epochs} + {args.final_epochs} epochs. "
         "A short CPU run: accuracy grows with more data and epochs (README, Training).",
