@@ -221,7 +221,7 @@ class Pruner:
         due = step % c.update_every == 0 or step == ramp_end
         if not due or step == self.last_update or step > self.total_steps:
             return False
-        self.commit(self.target_sparsity(step), exact=step >= ramp_end, step=step)
+        self.commit(self.target_sparsity(step))
         self.last_update = step
         return True
 
@@ -231,7 +231,7 @@ class Pruner:
         return m.scores.detach().float()
 
     @torch.no_grad()
-    def commit(self, sparsity: float, exact: bool = False, step: Optional[int] = None) -> None:
+    def commit(self, sparsity: float) -> None:
         """Intersect every layer's mask with the pattern for ``sparsity`` (never regrows)."""
         c = self.config
         density = 1.0 - sparsity
@@ -239,12 +239,10 @@ class Pruner:
         mods = [self.modules[n] for n in names]
         alive = [reduce_to_blocks(m.mask, m.block, "any") for m in mods]
         imps = [self._importance(m) for m in mods]
-        if c.method == "soft-movement":
-            # the committed pattern follows the cubic schedule by score over all layers: the
-            # lowest σ(S) go first (those are also the ones under τ), so the budget is reached
-            # gradually instead of in one cut at the end of the ramp when τ lags behind it
-            new = global_topk_masks(imps, alive, density)
-        elif c.scope == "global":
+        if c.scope == "global" or c.method == "soft-movement":
+            # soft movement commits the cubic schedule by score over all layers: the lowest σ(S)
+            # go first (also the ones under τ), so the budget is reached gradually instead of in
+            # one cut at the end of the ramp when τ lags behind it
             new = global_topk_masks(imps, alive, density)
         else:
             new = [_keep_top(imp, a, density) for imp, a in zip(imps, alive)]
