@@ -27,7 +27,9 @@ autotuner has a single config, so nothing is benchmarked.
 
 Tile order: programs are grouped ``GROUP_M`` M-tiles at a time over the block rows (columns),
 so a group re-reads the same X (dY) tiles and W blocks while they are in L2. Autotuning is keyed
-on (M bucket, N/bm, K/bk, bm, bk, density bucket, dtypes).
+on (M bucket, N/bm, K/bk, bm, bk, density bucket, dtypes, input precision, upcast) and, for the
+forward, the epilogue (bias, activation, pre-activation store). Offsets that scale with M·K are
+int64; the bias may be strided.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import List, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 
 def _interpret_requested() -> bool:
@@ -53,7 +57,15 @@ def _interpret_requested() -> bool:
 _INTERPRET_AT_IMPORT = _interpret_requested()
 
 ACTIVATION_CODES = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
-_KEY = ["M_BUCKET", "NBR", "NBC", "BM", "BK", "DENSITY_BUCKET"]
+# Autotune key. Triton adds the dtypes of the tensor arguments and silently skips names that are
+# not kernel arguments (tests check they all are). The epilogue and the input precision change
+# the best config, so they are part of it.
+_KEY = ["M_BUCKET", "NBR", "NBC", "BM", "BK", "DENSITY_BUCKET", "UPCAST", "INPUT_PRECISION"]
+_KEY_DDS_T = _KEY + ["HAS_BIAS", "ACTIVATION", "SAVE_PREACT"]
+# Arguments a kernel receives only for the key (M_BUCKET, DENSITY_BUCKET, and the grid sizes or
+# SPLIT a kernel does not read) must not be specialised on (value 1, divisibility by 16): each
+# value class would compile another variant of the same code.
+_KEY_ONLY = ["M_BUCKET", "DENSITY_BUCKET"]
 
 
 # ----------------------------------------------------------------------------- autotune configs
@@ -92,7 +104,7 @@ def _smem_limit() -> int:
         return 1 << 30
 
 
-def _prune(per_stage_elems, buffers):
+class _Prune:
     """Drop configs whose pipelined tiles cannot fit in shared memory (keeps the smallest).
 
     Estimate: buffers x (elements of one stage's tiles) x element size; the buffer counts
@@ -100,25 +112,30 @@ def _prune(per_stage_elems, buffers):
     3.7 allocates for these kernels on sm_80 / sm_90, or overestimate it.
     """
 
-    def prune(configs, named_args, **kwargs):
+    def __init__(self, per_stage_elems, buffers):
+        self.per_stage_elems = per_stage_elems
+        self.buffers = buffers
+
+    def need(self, cfg: triton.Config, named_args: dict) -> int:
+        """Estimated shared memory (bytes) of ``cfg`` for these arguments (v_ptr, BM, BK)."""
+        esize = named_args["v_ptr"].element_size()
+        n_buf = max(1, self.buffers(cfg.num_stages))
+        return (
+            n_buf
+            * self.per_stage_elems(cfg.kwargs["BLOCK_M"], int(named_args["BM"]), int(named_args["BK"]))
+            * esize
+        )
+
+    def __call__(self, configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        esize = args["v_ptr"].element_size()
-        bm, bk = int(args["BM"]), int(args["BK"])
         limit = _smem_limit()
-
-        def need(cfg):
-            n_buf = max(1, buffers(cfg.num_stages))
-            return n_buf * per_stage_elems(cfg.kwargs["BLOCK_M"], bm, bk) * esize
-
-        kept = [c for c in configs if need(c) <= limit]
-        return kept or [min(configs, key=need)]
-
-    return prune
+        kept = [c for c in configs if self.need(c, args) <= limit]
+        return kept or [min(configs, key=lambda c: self.need(c, args))]
 
 
-_prune_dds_t = _prune(lambda block_m, bm, bk: block_m * bk + bm * bk, lambda stages: stages - 1)
-_prune_dds = _prune(lambda block_m, bm, bk: block_m * bm + bm * bk, lambda stages: stages - 1)
-_prune_sdd = _prune(lambda block_m, bm, bk: block_m * (bm + bk), lambda stages: stages)
+_prune_dds_t = _Prune(lambda block_m, bm, bk: block_m * bk + bm * bk, lambda stages: stages - 1)
+_prune_dds = _Prune(lambda block_m, bm, bk: block_m * bm + bm * bk, lambda stages: stages - 1)
+_prune_sdd = _Prune(lambda block_m, bm, bk: block_m * (bm + bk), lambda stages: stages)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -129,8 +146,8 @@ _prune_sdd = _prune(lambda block_m, bm, bk: block_m * (bm + bk), lambda stages: 
 # interpreted copy of this module must work whatever the order of imports was.
 
 
-@triton.autotune(configs=_mm_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_dds_t})
-@triton.jit
+@triton.autotune(configs=_mm_configs(), key=_KEY_DDS_T, prune_configs_by={"early_config_prune": _prune_dds_t})
+@triton.jit(do_not_specialize=_KEY_ONLY + ["NBC"])
 def _bsr_dds_t_kernel(
     x_ptr,
     v_ptr,
@@ -153,6 +170,7 @@ def _bsr_dds_t_kernel(
     stride_yn,
     stride_zm,
     stride_zn,
+    stride_b,
     BM: tl.constexpr,
     BK: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -190,7 +208,8 @@ def _bsr_dds_t_kernel(
     end = tl.load(row_offsets_ptr + pid_n + 1)
     acc = tl.full((BLOCK_M, BM), 0.0, tl.float32)
     for j in range(start, end):
-        c = tl.load(col_indices_ptr + j)
+        # int64: with a column-major x, c·BK·stride_xk reaches M·K, past int32 from 2³¹ elements
+        c = tl.load(col_indices_ptr + j).to(tl.int64)
         x = tl.load(x_ptrs + c * x_step, mask=mask_m, other=0.0)
         w_t = tl.load(w_t_ptrs + tl.cast(j, tl.int64) * stride_vb)
         if UPCAST:
@@ -200,7 +219,7 @@ def _bsr_dds_t_kernel(
 
     offs_n = pid_n * BM + offs_bm
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + offs_n * stride_b).to(tl.float32)[None, :]
     if SAVE_PREACT:
         z_ptrs = z_ptr + offs_m64 * stride_zm + offs_n[None, :] * stride_zn
         tl.store(z_ptrs, acc.to(z_ptr.dtype.element_ty), mask=mask_m)
@@ -218,7 +237,7 @@ def _bsr_dds_t_kernel(
 
 
 @triton.autotune(configs=_mm_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_dds})
-@triton.jit
+@triton.jit(do_not_specialize=_KEY_ONLY + ["NBR"])
 def _bsr_dds_kernel(
     dy_ptr,
     v_ptr,
@@ -268,7 +287,7 @@ def _bsr_dds_kernel(
     end = tl.load(col_offsets_ptr + pid_k + 1)
     acc = tl.full((BLOCK_M, BK), 0.0, tl.float32)
     for t in range(start, end):
-        r = tl.load(row_indices_t_ptr + t)
+        r = tl.load(row_indices_t_ptr + t).to(tl.int64)  # r·BM·stride_dyn may pass int32
         j = tl.load(perm_t_ptr + t).to(tl.int64)
         dy = tl.load(dy_ptrs + r * dy_step, mask=mask_m, other=0.0)
         w = tl.load(w_ptrs + j * stride_vb)
@@ -285,7 +304,7 @@ def _bsr_dds_kernel(
 @triton.autotune(
     configs=_sdd_configs(), key=_KEY + ["SPLIT"], prune_configs_by={"early_config_prune": _prune_sdd}
 )
-@triton.jit
+@triton.jit(do_not_specialize=_KEY_ONLY + ["NBR", "NBC", "SPLIT"])
 def _bsr_sdd_kernel(
     dy_ptr,
     x_ptr,
@@ -320,8 +339,8 @@ def _bsr_sdd_kernel(
     """
     j = tl.program_id(0)
     s = tl.program_id(1)
-    r = tl.load(block_rows_ptr + j)
-    c = tl.load(col_indices_ptr + j)
+    r = tl.load(block_rows_ptr + j).to(tl.int64)  # (r·BM)·stride_dyn may pass int32
+    c = tl.load(col_indices_ptr + j).to(tl.int64)
     m_start = s * ROWS_PER_SPLIT
     m_end = tl.minimum(m_start + ROWS_PER_SPLIT, M)
     offs_m = m_start + tl.arange(0, BLOCK_M)
@@ -394,16 +413,26 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _launch(kernel, prune, values: torch.Tensor, grid, args: tuple, kwargs: dict) -> None:
+# (kernel, forced choice, constexpr arguments, element size) -> the config that ran, once the
+# forced one did not fit: later calls go straight to it.
+_FALLBACK: Dict[tuple, triton.Config] = {}
+
+
+def _launch(kernel, prune: _Prune, values: torch.Tensor, grid, args: tuple, kwargs: dict) -> None:
     """Run an autotuned kernel: autotuned (the default), or with one fixed config when
     ``SPD_TRITON_AUTOTUNE=0`` (the first config that fits in shared memory: no benchmarking on a
-    new shape) or ``SPD_TRITON_CONFIG=i`` (the i-th config that fits, modulo their number; tests)."""
+    new shape) or ``SPD_TRITON_CONFIG=i`` (the i-th config that fits, modulo their number; tests).
+
+    The shared-memory estimate can be wrong for a compiler version or a device: a fixed config
+    that Triton refuses (``OutOfResources``) falls back to the others, smallest first, with one
+    warning; the autotuner skips such configs by itself."""
     configs = kernel.configs
     forced = os.environ.get("SPD_TRITON_CONFIG", "").strip()
     autotune = os.environ.get("SPD_TRITON_AUTOTUNE", "1").strip() != "0"
     if len(configs) == 1 or (autotune and not forced):
         kernel[grid](*args, **kwargs)
         return
+    named = {"v_ptr": values, **kwargs}
     fitting = prune(configs, {"v_ptr": values}, **kwargs)
     if forced:
         try:
@@ -412,7 +441,26 @@ def _launch(kernel, prune, values: torch.Tensor, grid, args: tuple, kwargs: dict
             raise ValueError(f"SPD_TRITON_CONFIG must be an integer, got {forced!r}") from None
     else:
         cfg = fitting[0]
-    kernel.fn[grid](*args, **kwargs, **cfg.all_kwargs())
+    key = (id(kernel), forced, tuple(sorted(kwargs.items())), values.element_size())
+    cfg = _FALLBACK.get(key, cfg)
+    others = sorted((c for c in configs if c is not cfg), key=lambda c: prune.need(c, named))
+    first_error = None
+    for candidate in [cfg, *others]:
+        try:
+            kernel.fn[grid](*args, **kwargs, **candidate.all_kwargs())
+        except OutOfResources as exc:
+            first_error = first_error or exc
+            continue
+        if candidate is not cfg:
+            warnings.warn(
+                f"{kernel.fn.__name__}: config {cfg} does not fit this device ({first_error}); "
+                f"running {candidate} instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _FALLBACK[key] = candidate
+        return
+    raise first_error
 
 
 def _check(name: str, t: torch.Tensor, values: torch.Tensor, cols: int) -> None:
@@ -497,6 +545,7 @@ def bsr_dds_t(
                     y.stride(1),
                     z.stride(0),
                     z.stride(1),
+                    bias.stride(0) if bias is not None else 0,
                 ),
                 dict(
                     BM=bm,

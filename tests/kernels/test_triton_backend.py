@@ -372,3 +372,168 @@ def test_kernels_compile_for_sm90_without_a_gpu(monkeypatch):
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
         assert compiled.asm["cubin"], kernel.fn.__name__
         assert "async_copy_global_to_local" in compiled.asm["ttgir"], f"{kernel.fn.__name__} is not pipelined"
+
+
+def test_strided_bias(kernels):
+    # a bias that is a strided view (every other element of a buffer) is read through its stride
+    W, dense = random_sparse(64, 96, (32, 32), 0.5)
+    x = torch.randn(7, 96)
+    bias = torch.randn(128)[::2]
+    assert bias.stride(0) == 2
+    for activation in ("none", "gelu"):
+        y, z = kernels.bsr_dds_t(x, W.values, W.metadata(), bias, activation, True)
+        z_ref = x.double() @ dense.double().t() + bias.double()
+        assert_close_to_ref(z, z_ref, x @ dense.t() + bias, "pre-activation, strided bias")
+        base = apply_activation(x @ dense.t() + bias, activation)
+        assert_close_to_ref(y, apply_activation(z_ref, activation), base, "output, strided bias")
+    with sk.use_backend("triton"):
+        y = sk.sparse_linear(x, W, bias)
+    assert_close_to_ref(y, x.double() @ dense.double().t() + bias.double(), x @ dense.t() + bias)
+
+
+LARGE_OFFSETS = """
+import os, torch
+os.environ["TRITON_INTERPRET"] = "1"
+import spd_kernels as sk
+from spd_kernels.triton_ops import load
+k = load("bsr_linear", interpret=True)
+torch.manual_seed(0)
+M, N, K, B = 5, 64, 64, 16
+S = (1 << 31) // (K - B) + 1  # column stride: the last block column starts past 2^31 elements
+def strided(rows, cols):
+    # (rows, cols) with strides (1, S) over ~6 GB of address space; only the touched pages exist
+    t = torch.empty((cols - 1) * S + rows, dtype=torch.float16).as_strided((rows, cols), (1, S))
+    t.copy_(torch.randn(rows, cols).half())
+    return t
+x, dy = strided(M, K), strided(M, N)
+W = sk.SparseMatrix.from_dense(torch.randn(N, K).half(), block=(B, B))
+d = W.to_dense().float()
+y, _ = k.bsr_dds_t(x, W.values, W.metadata())
+print("forward", (y.float() - x.float() @ d.t()).abs().max().item(), flush=True)
+dx = k.bsr_dds(dy, W.values, W.metadata())
+print("input_grad", (dx.float() - dy.float() @ d).abs().max().item(), flush=True)
+dw = k.bsr_sdd(dy, x, W.values, W.metadata(), split=1)
+ref = sk.SparseMatrix.from_dense(dy.float().t() @ x.float(), block=(B, B)).values
+print("weight_grad", (dw.float() - ref).abs().max().item(), flush=True)
+"""
+
+
+def test_offsets_past_int32():
+    """Column-major operands whose offsets (block column x bk x column stride) pass 2³¹ elements:
+    int32 products would wrap and read elsewhere. In a subprocess: a wrapped read may crash."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", LARGE_OFFSETS],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    errors = dict(line.split() for line in out.stdout.splitlines() if line.count(" ") == 1)
+    assert out.returncode == 0 and len(errors) == 3, out.stdout[-2000:] + out.stderr[-2000:]
+    for op, err in errors.items():
+        assert float(err) < 0.05, f"{op}: max error {err} (fp16 products of 64 terms)"
+
+
+def test_autotune_keys_are_kernel_arguments(kernels):
+    # Triton skips key names that are not arguments without a word; the forward's config depends
+    # on its epilogue, every kernel's on the input precision
+    for kernel in (kernels._bsr_dds_t_kernel, kernels._bsr_dds_kernel, kernels._bsr_sdd_kernel):
+        missing = [k for k in kernel.keys if k not in kernel.arg_names]
+        assert not missing, f"{kernel.fn.__name__}: key names {missing} are not arguments"
+        assert {"INPUT_PRECISION", "UPCAST", "M_BUCKET", "DENSITY_BUCKET"} <= set(kernel.keys)
+    assert {"HAS_BIAS", "ACTIVATION", "SAVE_PREACT"} <= set(kernels._bsr_dds_t_kernel.keys)
+
+
+def _unread_arguments(fn) -> set:
+    """Arguments of a @triton.jit function that its body never reads."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    func = tree.body[0]
+    read = {n.id for stmt in func.body for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+    return {a.arg for a in func.args.args} - read
+
+
+def test_key_only_arguments_are_not_specialised(monkeypatch):
+    """Arguments a kernel gets only for the autotune key must not be specialised (value 1,
+    divisibility by 16): calls that differ only in them reuse one compiled kernel."""
+    import importlib
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+    mod = importlib.import_module("spd_kernels.triton_ops.bsr_linear")
+    if mod.INTERPRETED:
+        pytest.skip("the kernel module was imported under TRITON_INTERPRET=1 in this process")
+    for kernel in (mod._bsr_dds_t_kernel, mod._bsr_dds_kernel, mod._bsr_sdd_kernel):
+        unread = _unread_arguments(kernel.fn.fn)
+        assert {"M_BUCKET", "DENSITY_BUCKET"} <= unread
+        not_specialised = {p.name for p in kernel.fn.params if p.do_not_specialize}
+        assert unread - {"v_ptr"} <= not_specialised, kernel.fn.__name__  # v_ptr: the pruner's
+    # the specialisation the CUDA launcher keys its compiled-kernel cache on, computed on the host
+    fn = mod._bsr_dds_t_kernel.fn
+    bind = create_function_from_signature(fn.signature, fn.params, make_backend(GPUTarget("cuda", 90, 32)))
+    t = torch.empty(64)
+    ptrs = [t] * 7
+    consts = dict(BM=32, BK=32, HAS_BIAS=False, ACTIVATION=0, SAVE_PREACT=False, UPCAST=False)
+    consts.update(INPUT_PRECISION="ieee", BLOCK_M=64, GROUP_M=8)
+
+    def key(m_bucket, density_bucket):
+        ints = [48, 3, 5, m_bucket, density_bucket] + [64, 1] * 5
+        return str(bind(*ptrs, *ints, **consts)[1])
+
+    assert key(1, 1) == key(2, 0) == key(16, 4) == key(64, 3)
+
+
+class _FakeKernel:
+    """Stands in for an autotuned kernel: ``fn[grid](...)`` records the BLOCK_M it was launched
+    with and raises Triton's OutOfResources for the BLOCK_M values in ``too_big``."""
+
+    def __init__(self, configs, too_big):
+        self.configs, self.too_big, self.launched = configs, set(too_big), []
+        self.fn = self
+
+    __name__ = "_fake_kernel"
+
+    def __getitem__(self, grid):
+        from triton.runtime.errors import OutOfResources
+
+        def run(*args, **kwargs):
+            self.launched.append(kwargs["BLOCK_M"])
+            if kwargs["BLOCK_M"] in self.too_big:
+                raise OutOfResources(300_000, 232_448, "shared memory")
+
+        return run
+
+
+@pytest.mark.parametrize("env", [{"SPD_TRITON_AUTOTUNE": "0"}, {"SPD_TRITON_CONFIG": "1"}])
+def test_fixed_config_that_does_not_fit_falls_back(kernels, monkeypatch, env):
+    import triton
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    configs = [
+        triton.Config({"BLOCK_M": 128, "GROUP_M": 8}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 256, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "GROUP_M": 8}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 32, "GROUP_M": 8}, num_warps=4, num_stages=2),
+    ]
+    fake = _FakeKernel(configs, too_big={128, 256})
+    values = torch.empty(1, 64, 64, dtype=torch.bfloat16)
+    kw = dict(BM=64, BK=64, HAS_BIAS=False)
+    with pytest.warns(RuntimeWarning, match="does not fit"):
+        kernels._launch(fake, kernels._prune_dds_t, values, (1,), (), kw)
+    # the forced config first, then the others smallest first: the first that runs is kept
+    assert fake.launched == [128 if "SPD_TRITON_AUTOTUNE" in env else 256, 32]
+    fake.launched.clear()
+    kernels._launch(fake, kernels._prune_dds_t, values, (1,), (), kw)
+    assert fake.launched == [32]  # remembered: no second failure, no second warning
+    fake.too_big = {128, 256, 64, 32}
+    with pytest.raises(triton.runtime.errors.OutOfResources):
+        kernels._launch(fake, kernels._prune_dds_t, values, (1,), (), dict(kw, HAS_BIAS=True))

@@ -182,3 +182,44 @@ def test_forced_backend_holds_in_cuda_backward(monkeypatch, triton_calls):
     with sk.use_backend("reference"):
         sk.sparse_linear(x, W.with_values(values)).sum().backward()
     assert triton_calls == [], f"backward left the forced backend: {triton_calls}"
+
+
+def test_strided_bias_on_gpu():
+    from spd_kernels.triton_ops import load
+
+    kernels = load("bsr_linear")
+    W, dense = random_sparse(128, 192, (64, 64), 0.5, dtype=torch.bfloat16, device="cuda")
+    x = torch.randn(65, 192, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(256, device="cuda", dtype=torch.bfloat16)[::2]
+    y, _ = kernels.bsr_dds_t(x, W.values, W.metadata(), bias, "none", False)
+    assert_close_to_ref(y, x.double() @ dense.double().t() + bias.double(), x @ dense.t() + bias, "forward")
+
+
+def test_autotune_cache_separates_epilogues(monkeypatch):
+    # one shape, three epilogues: three tuned entries, not one config reused for all
+    from spd_kernels.triton_ops import load
+
+    monkeypatch.setenv("SPD_TRITON_AUTOTUNE", "1")
+    kernels = load("bsr_linear")
+    kernel = kernels._bsr_dds_t_kernel
+    kernel.cache.clear()
+    W, _ = random_sparse(128, 128, (32, 32), 0.5, dtype=torch.float16, device="cuda")
+    x = torch.randn(300, 128, device="cuda", dtype=torch.float16)
+    bias = torch.randn(128, device="cuda", dtype=torch.float16)
+    kernels.bsr_dds_t(x, W.values, W.metadata())
+    kernels.bsr_dds_t(x, W.values, W.metadata(), bias)
+    kernels.bsr_dds_t(x, W.values, W.metadata(), bias, "gelu", True)
+    assert len(kernel.cache) == 3, list(kernel.cache)
+
+
+def test_key_only_arguments_compile_once():
+    # M = 2 and M = 9 differ in M_BUCKET (2, 16) only: one compiled kernel serves both
+    from spd_kernels.triton_ops import load
+
+    kernels = load("bsr_linear")
+    W, _ = random_sparse(96, 128, (32, 32), 0.5, dtype=torch.float16, device="cuda")
+    fn = kernels._bsr_dds_t_kernel.fn
+    kernels.bsr_dds_t(torch.randn(2, 128, device="cuda", dtype=torch.float16), W.values, W.metadata())
+    before = sum(len(c[0]) for c in fn.device_caches.values())
+    kernels.bsr_dds_t(torch.randn(9, 128, device="cuda", dtype=torch.float16), W.values, W.metadata())
+    assert sum(len(c[0]) for c in fn.device_caches.values()) == before
