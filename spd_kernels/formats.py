@@ -22,6 +22,7 @@ transposed copy of the values (stk's convention).
 
 from __future__ import annotations
 
+import weakref as _weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -394,3 +395,93 @@ def _validate_transposed(row_offsets, col_indices, shape, block, transposed) -> 
         _check_index(name, got, row_offsets.device)
         if got.shape != want.shape or not torch.equal(got, want):
             raise ValueError(f"{name} does not match the CSR metadata")
+
+
+# ---------------------------------------------------------------------- the kernels' metadata
+META_NAMES = ("row_offsets", "col_indices", "block_rows", "col_offsets", "row_indices_t", "perm_t")
+_CHECKED_ATTR = "_spd_meta_checked"
+
+
+def _versions(meta: Sequence[torch.Tensor]) -> Tuple[Optional[int], ...]:
+    out = []
+    for t in meta:
+        try:
+            out.append(t._version)
+        except RuntimeError:  # an inference tensor has no version counter
+            out.append(None)
+    return tuple(out)
+
+
+def _already_checked(values: torch.Tensor, meta: Sequence[torch.Tensor]) -> bool:
+    mark = getattr(meta[0], _CHECKED_ATTR, None)
+    if mark is None:
+        return False
+    refs, versions, nnz = mark
+    return (
+        nnz == values.shape[0] and all(r() is t for r, t in zip(refs, meta)) and versions == _versions(meta)
+    )
+
+
+def check_metadata(values: torch.Tensor, meta: Sequence[torch.Tensor]) -> None:
+    """The one check of the metadata every backend's kernels walk, on any device.
+
+    values: (nnz_blocks, bm, bk); meta: the six int32 arrays in :data:`META_NAMES` order. Raises
+    ``ValueError`` naming the offending array and value when an offset array does not run from 0
+    to nnz_blocks without decreasing, or an index lies outside its range (a kernel would read out
+    of bounds), ``TypeError`` for a wrong dtype. The same arrays (same tensors, not modified since)
+    with the same number of blocks are checked once: a CUDA check waits for the device, so it is
+    not repeated on every call.
+    """
+    if not isinstance(values, torch.Tensor) or values.dim() != 3:
+        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"values must have shape (nnz_blocks, bm, bk), got {got}")
+    if len(meta) != len(META_NAMES):
+        raise ValueError(f"expected the {len(META_NAMES)} metadata arrays {META_NAMES}, got {len(meta)}")
+    if _already_checked(values, meta):
+        return
+    dev = values.device
+    for name, t in zip(META_NAMES, meta):
+        _check_index(name, t, dev)
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous, got stride {t.stride()}")
+    row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t = meta
+    nnz = values.shape[0]
+    if row_offsets.numel() < 1 or col_offsets.numel() < 1:
+        raise ValueError(
+            f"row_offsets and col_offsets need at least one entry, got {row_offsets.numel()} and "
+            f"{col_offsets.numel()}"
+        )
+    for name, t in zip(META_NAMES, meta):
+        if name not in ("row_offsets", "col_offsets") and t.numel() != nnz:
+            raise ValueError(f"{name} must have nnz_blocks={nnz} entries, got {t.numel()}")
+    nbr, nbc = row_offsets.numel() - 1, col_offsets.numel() - 1
+    offsets = (("row_offsets", row_offsets), ("col_offsets", col_offsets))
+    ranges = (
+        ("col_indices", col_indices, nbc),
+        ("block_rows", block_rows, nbr),
+        ("row_indices_t", row_indices_t, nbr),
+        ("perm_t", perm_t, nnz),
+    )
+    # every condition on the device, one transfer of a few flags: a single wait on CUDA
+    flags = []
+    for _, t in offsets:
+        flags += [t[0] != 0, t[-1] != nnz, (t[1:] < t[:-1]).any()]
+    for _, t, hi in ranges:
+        flags.append(((t < 0) | (t >= hi)).any())
+    if not bool(torch.stack(flags).any()):
+        refs = tuple(_weakref.ref(t) for t in meta)
+        setattr(row_offsets, _CHECKED_ATTR, (refs, _versions(meta), nnz))
+        return
+    for name, t in offsets:
+        first, last = int(t[0]), int(t[-1])
+        if first != 0 or last != nnz:
+            raise ValueError(f"{name} must start at 0 and end at nnz_blocks={nnz}, got {first} ... {last}")
+        drops = (t[1:] < t[:-1]).nonzero()
+        if drops.numel():
+            i = int(drops[0])
+            raise ValueError(f"{name} must be non-decreasing, got {int(t[i])} then {int(t[i + 1])} at {i}")
+    for name, t, hi in ranges:
+        bad = ((t < 0) | (t >= hi)).nonzero()
+        if bad.numel():
+            i = int(bad[0])
+            raise ValueError(f"{name}[{i}] = {int(t[i])} is outside [0, {hi})")

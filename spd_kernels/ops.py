@@ -8,8 +8,10 @@ op                         computes                                     autograd
 ``spd_kernels::sdd``       ``dW = (dYᵀ·X)`` at the stored blocks only    --
 =========================  ==========================================  ==================
 
-Each op picks its backend at run time (:mod:`spd_kernels.backends`); each has a fake
-implementation so ``torch.compile(fullgraph=True)`` and ``torch.export`` trace through it.
+Each op checks the weight's metadata (:func:`spd_kernels.formats.check_metadata`: the same
+``ValueError`` on every device and backend, never an out-of-bounds read; once per metadata), then
+picks its backend at run time (:mod:`spd_kernels.backends`); each has a fake implementation so
+``torch.compile(fullgraph=True)`` and ``torch.export`` trace through it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from .activations import NEEDS_PREACT, activation_backward, check_activation
 from .backends import choose_backend, forced_backend, use_backend
-from .formats import SparseMatrix
+from .formats import SparseMatrix, check_metadata
 
 
 def _block(values: Tensor) -> Tuple[int, int]:
@@ -53,6 +55,7 @@ def dds_t(
 ) -> Tuple[Tensor, Tensor]:
     """Forward: x (M, K), W (N, K) sparse -> (y (M, N), z (M, N) or empty)."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
+    check_metadata(values, meta)
     backend = choose_backend("dds_t", x.device, x.dtype, _block(values))
     y, z = backend.dds_t(x, values, meta, bias, activation, save_preact)
     if not save_preact:
@@ -94,6 +97,7 @@ def dds(
 ) -> Tensor:
     """Input grad: dy (M, N), W (N, K) sparse -> dX (M, K) = dy · W."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
+    check_metadata(values, meta)
     backend = choose_backend("dds", dy.device, dy.dtype, _block(values))
     return backend.dds(dy, values, meta)
 
@@ -118,6 +122,7 @@ def sdd(
 ) -> Tensor:
     """Weight grad: (dyᵀ · x) sampled at W's stored blocks -> shaped like ``values``."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
+    check_metadata(values, meta)
     backend = choose_backend("sdd", dy.device, dy.dtype, _block(values))
     return backend.sdd(dy, x, values, meta)
 

@@ -63,3 +63,46 @@ def assert_close_to_ref(out, ref64, same_dtype_baseline, what="output", factor=2
     eps = torch.finfo(out.dtype).eps
     bound = factor * base + 8 * eps * scale
     assert err <= bound, f"{what}: error {err:.3e} > bound {bound:.3e} (dense same-dtype {base:.3e})"
+
+
+def corrupt_metadata(W, case):
+    """W's six metadata arrays (fresh copies), one of them broken as ``case`` says; the message."""
+    meta = [t.clone() for t in W.metadata()]
+    nbr, nbc, nnz = meta[0].numel() - 1, meta[3].numel() - 1, W.values.shape[0]
+    if case == "col_index_too_big":
+        meta[1][1] = nbc
+        return meta, rf"col_indices\[1\] = {nbc} is outside \[0, {nbc}\)"
+    if case == "negative_block_row":
+        meta[2][2] = -1
+        return meta, rf"block_rows\[2\] = -1 is outside \[0, {nbr}\)"
+    if case == "row_index_t_too_big":
+        meta[4][0] = nbr + 5
+        return meta, rf"row_indices_t\[0\] = {nbr + 5} is outside \[0, {nbr}\)"
+    if case == "perm_out_of_range":
+        meta[5][-1] = nnz
+        return meta, rf"perm_t\[{nnz - 1}\] = {nnz} is outside \[0, {nnz}\)"
+    if case == "row_offsets_past_nnz":
+        meta[0][-1] = nnz + 3
+        return meta, rf"row_offsets must start at 0 and end at nnz_blocks={nnz}, got 0 \.\.\. {nnz + 3}"
+    if case == "col_offsets_decrease":
+        meta[3][1] = meta[3][2] + 1
+        return meta, r"col_offsets must be non-decreasing, got \d+ then \d+ at 1"
+    if case == "strided_indices":
+        meta[1] = torch.stack([meta[1], meta[1]], 1)[:, 0]
+        return meta, r"col_indices must be contiguous"
+    if case == "short_perm":
+        meta[5] = meta[5][:-1].clone()
+        return meta, rf"perm_t must have nnz_blocks={nnz} entries, got {nnz - 1}"
+    raise AssertionError(case)
+
+
+METADATA_CASES = [
+    "col_index_too_big",
+    "negative_block_row",
+    "row_index_t_too_big",
+    "perm_out_of_range",
+    "row_offsets_past_nnz",
+    "col_offsets_decrease",
+    "strided_indices",
+    "short_perm",
+]

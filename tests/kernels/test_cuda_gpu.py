@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F
 
 import spd_kernels as sk
-from helpers import SPARSITIES, assert_close_to_ref, random_block_mask, ref_linear
+from helpers import (
+    METADATA_CASES,
+    SPARSITIES,
+    assert_close_to_ref,
+    corrupt_metadata,
+    random_block_mask,
+    random_sparse,
+    ref_linear,
+)
 from spd_kernels.activations import activation_backward, apply_activation
 from spd_kernels.backends import choose_backend
 
@@ -236,3 +244,23 @@ def test_smoke_all_ops(dtype):
             x, dy = randn(m, 90, dtype=dtype, gen=gen), randn(m, 70, dtype=dtype, gen=gen)
             check_products(W, dense, x, dy, randn(70, dtype=dtype, gen=gen), ("gelu", None)[i % 2])
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("case", METADATA_CASES)
+@pytest.mark.parametrize("backend, block", [("cuda", (1, 1)), ("triton", (32, 32)), ("reference", (1, 1))])
+def test_bad_metadata_is_the_cpu_value_error(backend, block, case):
+    """The same ValueError as on the CPU (test_metadata_checks.py), before any kernel runs."""
+    gen = torch.Generator().manual_seed(4)
+    n, k = (64, 96) if block != (1, 1) else (12, 20)
+    W, _ = random_sparse(n, k, block, 0.5, device="cuda")
+    meta, message = corrupt_metadata(W, case)
+    x, dy = randn(5, k, dtype=torch.float32, gen=gen), randn(5, n, dtype=torch.float32, gen=gen)
+    with sk.use_backend(backend):
+        for call in (
+            lambda: sk.ops.dds_t(x, W.values, *meta, None, "none", False),
+            lambda: sk.ops.dds(dy, W.values, *meta),
+            lambda: sk.ops.sdd(dy, x, W.values, *meta),
+        ):
+            with pytest.raises(ValueError, match=message):
+                call()
+    torch.cuda.synchronize()  # no asynchronous error left behind
