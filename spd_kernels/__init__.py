@@ -12,6 +12,7 @@ from .backends import (
     NoBackendError,
     available_backends,
     choose_backend,
+    dispatch_reasons,
     forced_backend,
     use_backend,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "available_backends",
     "choose_backend",
     "densify",
+    "dispatch_reasons",
     "export",
     "forced_backend",
     "load_pruned",

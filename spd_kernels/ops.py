@@ -38,6 +38,12 @@ def _k(values: Tensor, col_offsets: Tensor) -> int:
     return (col_offsets.shape[0] - 1) * values.shape[2]
 
 
+def _density(values: Tensor, row_offsets: Tensor, col_offsets: Tensor) -> float:
+    """Stored blocks / all blocks, from the shapes alone (no device read)."""
+    blocks = (row_offsets.shape[0] - 1) * (col_offsets.shape[0] - 1)
+    return values.shape[0] / blocks if blocks else 0.0
+
+
 # --------------------------------------------------------------------------- dds_t
 @torch.library.custom_op("spd_kernels::dds_t", mutates_args=())
 def dds_t(
@@ -56,7 +62,8 @@ def dds_t(
     """Forward: x (M, K), W (N, K) sparse -> (y (M, N), z (M, N) or empty)."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
     check_metadata(values, meta)
-    backend = choose_backend("dds_t", x.device, x.dtype, _block(values))
+    density = _density(values, row_offsets, col_offsets)
+    backend = choose_backend("dds_t", x.device, x.dtype, _block(values), density)
     y, z = backend.dds_t(x, values, meta, bias, activation, save_preact)
     if not save_preact:
         z = x.new_empty(0)
@@ -98,7 +105,8 @@ def dds(
     """Input grad: dy (M, N), W (N, K) sparse -> dX (M, K) = dy · W."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
     check_metadata(values, meta)
-    backend = choose_backend("dds", dy.device, dy.dtype, _block(values))
+    density = _density(values, row_offsets, col_offsets)
+    backend = choose_backend("dds", dy.device, dy.dtype, _block(values), density)
     return backend.dds(dy, values, meta)
 
 
@@ -123,7 +131,8 @@ def sdd(
     """Weight grad: (dyᵀ · x) sampled at W's stored blocks -> shaped like ``values``."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
     check_metadata(values, meta)
-    backend = choose_backend("sdd", dy.device, dy.dtype, _block(values))
+    density = _density(values, row_offsets, col_offsets)
+    backend = choose_backend("sdd", dy.device, dy.dtype, _block(values), density)
     return backend.sdd(dy, x, values, meta)
 
 

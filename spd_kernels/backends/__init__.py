@@ -1,9 +1,12 @@
 """Backend registry and the chooser.
 
 A call takes the first backend of its device's priority list with no reasons against it
-(CUDA: cuda ▸ triton ▸ reference; CPU: cpu ▸ reference). ``use_backend(name)`` or the
-environment variable ``SPD_KERNELS_BACKEND`` forces one; when the forced (or every) backend
-cannot run a call, :class:`NoBackendError` lists each backend and its reasons.
+(CUDA: cuda ▸ triton ▸ reference; CPU: cpu ▸ reference). Given the weight's density, the
+automatic choice also skips a backend with *preference* reasons (the cuda CSR kernels above their
+measured crossover with dense). ``use_backend(name)`` or the environment variable
+``SPD_KERNELS_BACKEND`` forces one; when the forced (or every) backend cannot run a call,
+:class:`NoBackendError` lists each backend and its reasons. :func:`dispatch_reasons` lists them
+for any call.
 """
 
 from __future__ import annotations
@@ -67,7 +70,32 @@ def available_backends() -> Dict[str, List[str]]:
     return {name: b.availability() for name, b in BACKENDS.items()}
 
 
-def choose_backend(op: str, device: torch.device, dtype: torch.dtype, block: Tuple[int, int]) -> Backend:
+def _reasons(
+    b: Backend, op: str, device: torch.device, dtype: torch.dtype, block, density: Optional[float], auto: bool
+) -> List[str]:
+    reasons = b.not_supported_reasons(op, device, dtype, block)
+    if not reasons and auto and density is not None:
+        reasons = b.preference_reasons(op, device, dtype, block, density)
+    return reasons
+
+
+def dispatch_reasons(
+    op: str, device: torch.device, dtype: torch.dtype, block: Tuple[int, int], density: Optional[float] = None
+) -> Dict[str, List[str]]:
+    """Backend name -> why the automatic choice would not take it for this call (empty: it can);
+    with ``density`` (stored blocks / all blocks) the preference reasons are included."""
+    return {name: _reasons(b, op, device, dtype, block, density, True) for name, b in BACKENDS.items()}
+
+
+def choose_backend(
+    op: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    block: Tuple[int, int],
+    density: Optional[float] = None,
+) -> Backend:
+    """The backend that runs ``op``; ``density`` (stored blocks / all blocks) lets the automatic
+    choice pass over a backend that is slower than dense at that density."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
     forced = forced_backend()
@@ -75,12 +103,13 @@ def choose_backend(op: str, device: torch.device, dtype: torch.dtype, block: Tup
         candidates: Tuple[str, ...] = (forced,)
     else:
         candidates = PRIORITY.get(device.type, ("reference",))
+    auto = forced is None
     for name in candidates:
-        if not BACKENDS[name].not_supported_reasons(op, device, dtype, block):
+        if not _reasons(BACKENDS[name], op, device, dtype, block, density, auto):
             return BACKENDS[name]
     lines = []
     for name, b in BACKENDS.items():
-        reasons = b.not_supported_reasons(op, device, dtype, block)
+        reasons = _reasons(b, op, device, dtype, block, density, auto)
         lines.append(f"  {name}: " + ("; ".join(reasons) if reasons else "can run it"))
     what = f"backend {forced!r} (forced)" if forced else "no backend"
     raise NoBackendError(

@@ -21,7 +21,8 @@ class Backend:
 
     Subclasses set ``name`` and override :meth:`availability` (can it run at all in this
     process) and :meth:`call_reasons` (can it run this call); both return human-readable
-    reasons, empty when it can.
+    reasons, empty when it can. :meth:`preference_reasons` (should the automatic choice take
+    it for a weight of this density) is optional.
     """
 
     name = "base"
@@ -45,6 +46,13 @@ class Backend:
         if reasons:
             return reasons
         return self.call_reasons(op, device, dtype, block)
+
+    def preference_reasons(
+        self, op: str, device: torch.device, dtype: torch.dtype, block: Tuple[int, int], density: float
+    ) -> List[str]:
+        """Why the automatic choice passes over this backend for a call it can run (e.g. the dense
+        product is faster at this density); a forced backend ignores them."""
+        return []
 
     # The products. x/dy are 2-D (M, K)/(M, N) and may be non-contiguous.
     def dds_t(

@@ -10,6 +10,12 @@ op         kernel                                 scheme
 =========  =====================================  ==============================================
 
 float32, float16 and bfloat16 with float32 accumulation; compute capability 8.0 or newer.
+
+The automatic choice takes these kernels only for a weight whose density is below the crossover
+measured for the op on a GPU (``_gpu_crossover.py``, written by ``benchmarks/gpu_csr_bench.py
+--write-crossover``), as ``MaskedLinear`` does on the CPU; otherwise, and while nothing is
+measured, the dense product (reference backend) runs the call, and :func:`dispatch_reasons` says
+why. Forcing the backend (``use_backend("cuda")``) skips the crossover.
 """
 
 from __future__ import annotations
@@ -20,10 +26,16 @@ from typing import List, Optional, Tuple
 import torch
 
 from .. import _ext
+from . import _gpu_crossover
 from .base import Backend, Meta
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MIN_CAPABILITY = (8, 0)
+
+
+def crossover_density(op: str, layout: str = "csr") -> float:
+    """Density below which the cuda kernel of ``op`` beats the dense product; 0.0 if unmeasured."""
+    return float(_gpu_crossover.CROSSOVER.get("cuda", {}).get(layout, {}).get(op, 0.0))
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,6 +79,20 @@ class CudaBackend(Backend):
                 "run on the triton backend"
             )
         return reasons
+
+    def preference_reasons(self, op, device, dtype, block, density):
+        limit = crossover_density(op)
+        if limit <= 0.0:
+            return [
+                f"no measured crossover for cuda csr {op} (benchmarks/gpu_csr_bench.py "
+                "--write-crossover): the dense product runs it"
+            ]
+        if density >= limit:
+            return [
+                f"density {density:.3f} is not below the measured cuda csr {op} crossover "
+                f"{limit:.3f}: the dense product is faster"
+            ]
+        return []
 
     def dds_t(
         self,

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import spd_kernels as sk
+import spd_kernels.backends.cuda as cuda_mod
 from helpers import random_sparse
 from spd_kernels.backends import BACKENDS, PRIORITY, choose_backend
 from spd_kernels.backends.cuda import CudaBackend
@@ -59,3 +60,45 @@ def test_forcing_cuda_on_cpu_tensors_lists_every_backend():
 def test_cpu_calls_never_choose_cuda():
     for op in ("dds_t", "dds", "sdd"):
         assert choose_backend(op, torch.device("cpu"), torch.float32, (1, 1)).name != "cuda"
+
+
+# ----------------------------------------------------------------- choice by measured crossover
+@pytest.fixture
+def cuda_can_run(monkeypatch):
+    """The cuda backend as on a GPU machine: it can run CSR calls (no device needed here)."""
+    monkeypatch.setattr(CudaBackend, "availability", lambda self: [])
+    monkeypatch.setattr(CudaBackend, "call_reasons", lambda self, op, device, dtype, block: [])
+
+
+def test_unmeasured_crossover_keeps_csr_dense_and_says_so(cuda_can_run, monkeypatch):
+    monkeypatch.setattr(cuda_mod._gpu_crossover, "CROSSOVER", {})
+    assert choose_backend("dds_t", CUDA, torch.bfloat16, (1, 1), 0.1).name == "reference"
+    reasons = sk.dispatch_reasons("dds_t", CUDA, torch.bfloat16, (1, 1), 0.1)["cuda"]
+    assert reasons and "no measured crossover for cuda csr dds_t" in reasons[0]
+    assert choose_backend("dds_t", CUDA, torch.bfloat16, (1, 1)).name == "cuda"  # no density given
+
+
+@pytest.mark.parametrize("op", ["dds_t", "dds", "sdd"])
+def test_csr_on_cuda_follows_the_measured_crossover(cuda_can_run, monkeypatch, op):
+    table = {"cuda": {"csr": {"dds_t": 0.3, "dds": 0.2, "sdd": 0.1}}}
+    monkeypatch.setattr(cuda_mod._gpu_crossover, "CROSSOVER", table)
+    limit = table["cuda"]["csr"][op]
+    assert choose_backend(op, CUDA, torch.float16, (1, 1), limit / 2).name == "cuda"
+    assert choose_backend(op, CUDA, torch.float16, (1, 1), limit * 2).name == "reference"
+    reasons = sk.dispatch_reasons(op, CUDA, torch.float16, (1, 1), limit * 2)
+    assert f"not below the measured cuda csr {op} crossover {limit:.3f}" in reasons["cuda"][0]
+    assert reasons["reference"] == []
+    with sk.use_backend("cuda"):  # forcing the backend skips the crossover
+        assert choose_backend(op, CUDA, torch.float16, (1, 1), 0.99).name == "cuda"
+
+
+def test_ops_pass_the_density_to_the_chooser(monkeypatch):
+    import spd_kernels.ops as ops
+
+    seen = []
+    original = ops.choose_backend
+    monkeypatch.setattr(ops, "choose_backend", lambda *a: seen.append(a) or original(*a))
+    W, _ = random_sparse(64, 96, (32, 32), 0.5)  # 3 of 6 blocks
+    x = torch.randn(3, 96, requires_grad=True)
+    sk.sparse_linear(x, W).sum().backward()
+    assert [(a[0], a[4]) for a in seen] == [("dds_t", 0.5), ("dds", 0.5)]
