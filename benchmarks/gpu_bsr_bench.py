@@ -14,9 +14,11 @@ run, with ``triton.testing.do_bench`` (median, p20, p80 in ms):
 
 for ``triton_bsr`` (``spd_kernels.sparse_linear`` & co. on the triton backend), ``dense_eager``
 (cuBLAS through ``F.linear`` / ``torch.mm``), ``dense_compile`` (the same under
-``torch.compile``) and ``torch_bsr`` (a torch ``sparse_bsr`` tensor through ``F.linear`` /
-``torch.sparse.mm`` / ``torch.sparse.sampled_addmm``; ``unsupported`` rows say why when torch
-cannot run one). Every sparse result is checked against the dense product first (``rel_err``).
+``torch.compile``), ``torch_bsr`` (a torch ``sparse_bsr`` tensor through ``F.linear`` /
+``torch.sparse.mm`` / ``torch.sparse.sampled_addmm``: cuSPARSE) and ``torch_bsr_triton`` (torch's
+own BSR Triton kernels, ``torch.sparse._triton_ops.bsr_dense_mm`` / ``sampled_addmm``);
+``unsupported`` rows say why when torch cannot run one. Every sparse result is checked against
+the dense product first (``rel_err``).
 
 Writes ``<out>/gpu_bsr_bench.csv`` (long format), ``gpu_bsr_bench.png`` (speedup over the best
 dense vs sparsity, one line per block size) and ``gpu_bsr_bench.md`` (tables with the machine
@@ -43,7 +45,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ("forward", "input_grad", "weight_grad", "fwd_bwd")
-IMPLS = ("triton_bsr", "dense_eager", "dense_compile", "torch_bsr")
+IMPLS = ("triton_bsr", "dense_eager", "dense_compile", "torch_bsr", "torch_bsr_triton")
 FIELDS = (
     "op",
     "impl",
@@ -233,6 +235,21 @@ def _torch_bsr_fns(torch, F, dense, block, x, dy) -> Dict[str, Callable]:
     return fns
 
 
+def _torch_bsr_triton_fns(torch, dense, block, x, dy) -> Dict[str, Callable]:
+    """torch's BSR Triton kernels (torch.sparse._triton_ops); each entry may raise (unsupported)."""
+    from torch.sparse import _triton_ops as tops
+
+    bm, bk = block
+    w_bsr = dense.to_sparse_bsr((bm, bk))
+    w_t_bsr = dense.t().contiguous().to_sparse_bsr((bk, bm))
+    x_t, dy_t = x.t(), dy.t()
+    return {
+        "forward": lambda: tops.bsr_dense_mm(w_bsr, x_t).t(),
+        "input_grad": lambda: tops.bsr_dense_mm(w_t_bsr, dy_t).t(),
+        "weight_grad": lambda: tops.sampled_addmm(w_bsr, dy_t, x, beta=0.0),
+    }
+
+
 def run(args: argparse.Namespace) -> List[dict]:
     if args.smoke and not _cuda_available():
         # Triton reads TRITON_INTERPRET when its decorators run; set it before triton is imported.
@@ -368,7 +385,16 @@ def _bench_sparse(torch, F, sk, args, bench, record, k, n, block, sparsity, W, d
             sk.SparseMatrix.from_dense(torch.mm(dy.t(), x), mask=W.block_mask(), block=block).values
         ),
     }
-    torch_fns = _torch_bsr_fns(torch, F, dense, block, x, dy) if "torch_bsr" in args.impls else {}
+    baselines = {}
+    for impl, make in (
+        ("torch_bsr", lambda: _torch_bsr_fns(torch, F, dense, block, x, dy)),
+        ("torch_bsr_triton", lambda: _torch_bsr_triton_fns(torch, dense, block, x, dy)),
+    ):
+        if impl in args.impls:
+            try:
+                baselines[impl] = make()
+            except Exception as exc:  # e.g. a block torch cannot convert to
+                baselines[impl] = exc
     for op in args.ops:
         fn = sparse_fns[op]
         try:
@@ -385,19 +411,28 @@ def _bench_sparse(torch, F, sk, args, bench, record, k, n, block, sparsity, W, d
             record(op, "triton_bsr", k, n, block, sparsity, density, timing, err, status)
         except Exception as exc:
             record(op, "triton_bsr", k, n, block, sparsity, density, None, status=f"failed: {_short(exc)}")
-        if op in torch_fns:
+        for impl, fns in baselines.items():
+            if isinstance(fns, Exception):
+                status = f"unsupported: {_short(fns)}"
+                record(op, impl, k, n, block, sparsity, density, None, status=status)
+                continue
+            if op not in fns:
+                continue
             try:
                 with torch.no_grad():
-                    got = torch_fns[op]()
+                    got = fns[op]()
                     if op == "weight_grad":
                         got = sk.SparseMatrix.from_dense(got.to_dense(), mask=W.block_mask(), block=block)
                         got = got.values
                     err = _rel_err(torch, got, want[op]())
-                    timing = bench(torch_fns[op])
-                record(op, "torch_bsr", k, n, block, sparsity, density, timing, err)
+                    timing = bench(fns[op])
+                status = "ok" if err <= tol else f"wrong result: rel_err {err:.2e} > {tol:.0e}"
+                record(
+                    op, impl, k, n, block, sparsity, density, timing if status == "ok" else None, err, status
+                )
             except Exception as exc:
                 status = f"unsupported: {_short(exc)}"
-                record(op, "torch_bsr", k, n, block, sparsity, density, None, status=status)
+                record(op, impl, k, n, block, sparsity, density, None, status=status)
 
 
 def _short(exc: BaseException) -> str:
@@ -425,6 +460,7 @@ def speedups(rows: List[dict]) -> List[dict]:
     """Per (op, shape, block, sparsity): best dense p50 / triton p50, and torch BSR p50 / triton p50."""
     dense: Dict[Tuple, float] = {}
     torch_bsr: Dict[Tuple, float] = {}
+    torch_bsr_triton: Dict[Tuple, float] = {}
     for r in rows:
         if r["status"] != "ok":
             continue
@@ -433,6 +469,8 @@ def speedups(rows: List[dict]) -> List[dict]:
             dense[shape] = min(dense.get(shape, math.inf), r["p50"])
         elif r["impl"] == "torch_bsr":
             torch_bsr[shape + (r["block"], r["sparsity"])] = r["p50"]
+        elif r["impl"] == "torch_bsr_triton":
+            torch_bsr_triton[shape + (r["block"], r["sparsity"])] = r["p50"]
     out = []
     for r in rows:
         if r["impl"] != "triton_bsr" or r["status"] != "ok":
@@ -441,6 +479,7 @@ def speedups(rows: List[dict]) -> List[dict]:
         key = shape + (r["block"], r["sparsity"])
         best = dense.get(shape)
         tb = torch_bsr.get(key)
+        tt = torch_bsr_triton.get(key)
         out.append(
             {
                 "op": r["op"],
@@ -451,6 +490,7 @@ def speedups(rows: List[dict]) -> List[dict]:
                 "triton_ms": r["p50"],
                 "vs_dense": best / r["p50"] if best else float("nan"),
                 "vs_torch_bsr": tb / r["p50"] if tb else float("nan"),
+                "vs_torch_bsr_triton": tt / r["p50"] if tt else float("nan"),
             }
         )
     return out
@@ -479,10 +519,12 @@ def write_markdown(rows: List[dict], sp: List[dict], path: Path) -> None:
         f"Command: `{r0.get('command', '')}`",
         "",
         "Speedup = best dense (cuBLAS eager or torch.compile) median / triton median; "
-        "`vs torch BSR` = torch's BSR median / triton median (forward).",
+        "`vs torch BSR` = torch's BSR (cuSPARSE) median / triton median, `vs torch BSR triton` = torch's "
+        "own BSR Triton kernel median / triton median (forward).",
         "",
-        "| in→out | block | sparsity | forward | input grad | weight grad | fwd+bwd | forward vs torch BSR |",
-        "|---|---|---|---|---|---|---|---|",
+        "| in→out | block | sparsity | forward | input grad | weight grad | fwd+bwd | forward vs torch BSR "
+        "| forward vs torch BSR triton |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     table: Dict[Tuple, Dict[str, dict]] = {}
     for s in sp:
@@ -494,7 +536,8 @@ def write_markdown(rows: List[dict], sp: List[dict], path: Path) -> None:
     for (k, n, block, sparsity), ops in table.items():
         cells = [fmt(ops[o]["vs_dense"]) if o in ops else "-" for o in OPS]
         fwd_t = fmt(ops["forward"]["vs_torch_bsr"]) if "forward" in ops else "-"
-        lines.append(f"| {k}→{n} | {block} | {sparsity} | " + " | ".join(cells) + f" | {fwd_t} |")
+        fwd_tt = fmt(ops["forward"]["vs_torch_bsr_triton"]) if "forward" in ops else "-"
+        lines.append(f"| {k}→{n} | {block} | {sparsity} | " + " | ".join(cells) + f" | {fwd_t} | {fwd_tt} |")
     lines += ["", "Targets (worst shape):", "", "| op | block | sparsity | vs | target | measured | met |"]
     lines.append("|---|---|---|---|---|---|---|")
     for op, block, sparsity, what, goal in TARGETS:

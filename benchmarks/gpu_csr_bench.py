@@ -6,6 +6,8 @@ Ops (Y = X·Wᵀ layer, X: (M, K), W: (N, K) with unstructured sparsity):
   dgrad  dX = dY·W             cuda: spd_kernels_C::cuda_dds    dense: dY @ W       cusparse: Wᵀ_csr @ dYᵀ
   wgrad  dW = dYᵀ·X at W's     cuda: spd_kernels_C::cuda_sdd    dense: dYᵀ @ X      cusparse: sampled_addmm
          nonzeros                                               dense_gather: (dYᵀ @ X)[pattern]
+dense_compile: the dense product under torch.compile; reference: the spd_kernels reference backend
+(dense weight scattered from the values, then cuBLAS), what the automatic choice falls back to.
 
 Shapes: BERT-base (768->768, 768->3072, 3072->768) and BERT-large (1024->4096, 4096->1024) at
 M = 128 (latency, memory-bound) and M = 16384 (throughput), bf16 and fp16, 90 % sparsity, plus
@@ -17,7 +19,11 @@ tensor-core peak for dense), so the M = 16384 ratio to dense can be read against
 hardware allows.
 
 Writes OUT/gpu_csr_bench.csv (long format), OUT/gpu_csr_summary.csv (speedups per case),
-OUT/gpu_csr_bench.png, OUT/gpu_csr_sweep.png, and prints the summary as a Markdown table.
+OUT/gpu_csr_bench.png, OUT/gpu_csr_sweep.png, OUT/gpu_csr_summary.md, and prints the summary as a
+Markdown table. With the cuda and reference backends in the sweep it also writes the crossover
+table of the dispatch (density below which cuda beats the reference backend, per op, the minimum
+over M and dtypes) to OUT/gpu_csr_crossover.py; ``--write-crossover`` installs it as
+spd_kernels/backends/_gpu_crossover.py.
 
   python benchmarks/gpu_csr_bench.py --out benchmarks/results/gpu_csr
   python benchmarks/gpu_csr_bench.py --dry-run --device-name "NVIDIA H100 80GB HBM3"   # no GPU needed
@@ -48,7 +54,8 @@ SHAPES: Dict[str, List[Tuple[str, int, int]]] = {
 }
 SWEEP_SHAPE = ("bert-base", "ffn-in 768->3072", 768, 3072)
 OPS = ("fwd", "dgrad", "wgrad")
-BACKENDS = ("cuda", "dense", "cusparse", "dense_gather", "dense_compile")
+BACKENDS = ("cuda", "dense", "cusparse", "dense_gather", "dense_compile", "reference")
+CROSSOVER_FILE = Path(__file__).resolve().parent.parent / "spd_kernels" / "backends" / "_gpu_crossover.py"
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 ELEMENT_SIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -115,7 +122,7 @@ def flops(kind: str, m: int, n: int, k: int, nnz: int) -> int:
 
 def backend_kind(backend: str, op: str) -> str:
     """Which floor applies: the sparse kernels (cuda, cusparse) or a dense GEMM."""
-    return "sparse" if backend in ("cuda", "cusparse") else "dense"
+    return "sparse" if backend in ("cuda", "cusparse") else "dense"  # reference: a dense GEMM
 
 
 def floor_us(
@@ -215,6 +222,52 @@ def summarize(rows: List[dict]) -> List[dict]:
             }
         )
     return out
+
+
+def crossing(points: List[Tuple[float, float]]) -> float:
+    """points: [(density, cuda time / dense time)] -> the density where the ratio crosses 1
+    (linear between the last density cuda wins and the first it loses; 1.0 if it always wins)."""
+    last_win = None
+    for d, ratio in sorted(points):
+        if ratio >= 1.0:
+            if last_win is None:
+                return 0.0
+            d0, r0 = last_win
+            return round(d0 + (1.0 - r0) * (d - d0) / (ratio - r0), 4)
+        last_win = (d, ratio)
+    return 1.0 if last_win is not None else 0.0
+
+
+def crossover(rows: List[dict], against: str = "reference") -> Dict[str, float]:
+    """op -> density below which cuda beats ``against`` on the sweep shape, the minimum over
+    every M and dtype measured (only ops with at least two densities)."""
+    model, layer = SWEEP_SHAPE[0], SWEEP_SHAPE[1]
+    times: Dict[tuple, Dict[str, float]] = {}
+    for r in rows:
+        if r["status"] != "ok" or r["model"] != model or r["layer"] != layer:
+            continue
+        key = (r["op"], int(r["m"]), r["dtype"], 1.0 - float(r["sparsity"]))
+        times.setdefault(key, {})[r["backend"]] = float(r["p50"])
+    curves: Dict[tuple, List[Tuple[float, float]]] = {}
+    for (op, m, dtype, density), t in times.items():
+        if "cuda" in t and against in t and t[against] > 0:
+            curves.setdefault((op, m, dtype), []).append((density, t["cuda"] / t[against]))
+    out: Dict[str, float] = {}
+    for (op, _, _), pts in curves.items():
+        if len(pts) >= 2:
+            out[op] = min(out.get(op, 1.0), crossing(pts))
+    return {op: out[op] for op in sorted(out)}
+
+
+def crossover_source(table: Dict[str, float], header: List[str]) -> str:
+    """The dispatch's crossover table (spd_kernels/backends/_gpu_crossover.py) as Python source."""
+    lines = ["# Written by benchmarks/gpu_csr_bench.py --write-crossover -- do not edit by hand; re-run it."]
+    lines += [f"# {h}" for h in header]
+    lines.append("# backend -> layout -> op -> density below which the sparse kernel beats the dense product")
+    if not table:
+        return "\n".join(lines + ["CROSSOVER = {}", ""])
+    inner = ", ".join(f'"{op}": {v!r}' for op, v in table.items())
+    return "\n".join(lines + ["CROSSOVER = {", f'    "cuda": {{"csr": {{{inner}}}}},', "}", ""])
 
 
 def markdown(summary: List[dict], sparsity: float) -> str:
@@ -412,6 +465,15 @@ def op_fns(case: Case, backend: str, W, dense, x, dy, compiled: dict) -> Optiona
             compiled[case.op] = torch.compile(fn[case.op], dynamic=False)
         g = compiled[case.op]
         return {"fwd": lambda: g(x, dense), "dgrad": lambda: g(dy, dense), "wgrad": lambda: g(dy, x)}[case.op]
+    if backend == "reference":
+        from spd_kernels.backends import BACKENDS as SK_BACKENDS
+
+        ref = SK_BACKENDS["reference"]
+        return {
+            "fwd": lambda: ref.dds_t(x, vals, meta, None, "none", False),
+            "dgrad": lambda: ref.dds(dy, vals, meta),
+            "wgrad": lambda: ref.sdd(dy, x, vals, meta),
+        }[case.op]
     if backend == "dense_gather":
         if case.op != "wgrad":
             return None
@@ -529,9 +591,25 @@ def run(args) -> int:
         f"`{(out / 'command.txt').read_text().splitlines()[0]}`\n\n" + table
     )
     print(table)
-    print(
-        "wrote", ", ".join(str(p) for p in [out / "gpu_csr_bench.csv", out / "gpu_csr_summary.csv", *written])
-    )
+    written = [out / "gpu_csr_bench.csv", out / "gpu_csr_summary.csv", *written, out / "gpu_csr_summary.md"]
+    cross = crossover(rows)
+    if cross:
+        source = crossover_source(
+            cross,
+            [
+                f"measured on {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, commit "
+                f"{common['commit']}, {common['timestamp']}",
+                f"sweep {SWEEP_SHAPE[0]} {SWEEP_SHAPE[1]}, M {sorted(set(args.ms))}, dtypes {args.dtypes}; "
+                "cuda vs the reference backend, minimum over M and dtypes",
+            ],
+        )
+        (out / "gpu_csr_crossover.py").write_text(source)
+        written.append(out / "gpu_csr_crossover.py")
+        print(f"crossover (density below which cuda beats dense): {cross}")
+        if args.write_crossover:
+            CROSSOVER_FILE.write_text(source)
+            written.append(CROSSOVER_FILE)
+    print("wrote", ", ".join(str(p) for p in written))
     bad = [r for r in rows if str(r["status"]).startswith("MISMATCH")]
     return 1 if bad else 0
 
@@ -596,7 +674,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--backends",
         type=_csv_list(str),
-        default=["cuda", "dense", "cusparse", "dense_gather"],
+        default=["cuda", "dense", "dense_compile", "cusparse", "dense_gather", "reference"],
         help=f"comma list of {list(BACKENDS)} (dense_compile: torch.compile'd dense, slow to warm up)",
     )
     p.add_argument("--warmup-ms", type=float, default=25.0)
@@ -608,6 +686,11 @@ def parse_args(argv=None):
     p.add_argument("--peak-fp32-tflops", type=float, default=None, help="override the CUDA-core FP32 peak")
     p.add_argument(
         "--peak-tc-tflops", type=float, default=None, help="override the tensor-core bf16/fp16 peak"
+    )
+    p.add_argument(
+        "--write-crossover",
+        action="store_true",
+        help="also install the crossover as spd_kernels/backends/_gpu_crossover.py (the dispatch reads it)",
     )
     p.add_argument("--dry-run", action="store_true", help="list cases and floors without a GPU")
     p.add_argument("--device-name", default=None, help="device name for --dry-run floors, e.g. 'NVIDIA H200'")

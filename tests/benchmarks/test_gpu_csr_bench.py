@@ -132,3 +132,43 @@ def test_summary_markdown_csv_and_plots(bench, tmp_path):
     assert written == [tmp_path / "bars.png", tmp_path / "sweep.png"]
     for p in written:
         assert p.stat().st_size > 10_000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _sweep_rows(bench, ratios):
+    """Sweep-shape rows: cuda and reference times whose ratio is ratios[(op, m)][density]."""
+    model, layer = bench.SWEEP_SHAPE[0], bench.SWEEP_SHAPE[1]
+    rows = []
+    for (op, m), by_density in ratios.items():
+        for density, ratio in by_density.items():
+            for backend, t in (("cuda", 10.0 * ratio), ("reference", 10.0)):
+                rows.append(
+                    dict(op=op, model=model, layer=layer, m=m, dtype="bf16", sparsity=1.0 - density,
+                         backend=backend, p50=t, status="ok")
+                )  # fmt: skip
+    return rows
+
+
+def test_crossover_from_the_sweep(bench, tmp_path):
+    ratios = {
+        ("fwd", 128): {0.05: 0.5, 0.2: 0.8, 0.5: 1.2},  # crosses 1 at 0.2 + 0.2 / 0.4 · 0.3 = 0.35
+        ("fwd", 16384): {0.05: 0.4, 0.2: 0.6, 0.5: 1.0},  # 0.2 + 0.4 / 0.4 · 0.3 = 0.5
+        ("dgrad", 128): {0.05: 1.5, 0.5: 3.0},  # never wins
+        ("wgrad", 128): {0.05: 0.2, 0.5: 0.9},  # always wins
+        ("fwd_single", 128): {0.1: 0.5},  # one density: no crossover
+    }
+    rows = _sweep_rows(bench, ratios)
+    rows.append(dict(rows[0], model="bert-large"))  # another shape: ignored
+    table = bench.crossover(rows)
+    assert table == {"dgrad": 0.0, "fwd": pytest.approx(0.35), "wgrad": 1.0}
+    source = bench.crossover_source(table, ["measured on a test"])
+    path = tmp_path / "table.py"
+    path.write_text(source)
+    namespace = {}
+    exec(compile(source, str(path), "exec"), namespace)
+    assert namespace["CROSSOVER"] == {"cuda": {"csr": table}}
+    assert "# measured on a test" in source
+    # the file the dispatch reads has the same form
+    spec = importlib.util.spec_from_file_location("_gpu_crossover", bench.CROSSOVER_FILE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert isinstance(mod.CROSSOVER, dict)

@@ -4,7 +4,11 @@ the autotuner itself, TF32, determinism of the split weight grad, strides and to
 
 Skipped without a CUDA device (``requires_cuda``). The grid runs with ``SPD_TRITON_AUTOTUNE=0``
 (one fixed config, no benchmarking per shape); ``test_every_config`` covers the other configs.
+``SPD_GPU_TESTS=quick`` (scripts/gpu_check.sh) thins the grid to what a few minutes allow;
+``-k smoke`` is the compute-sanitizer run's selection.
 """
+
+import os
 
 import pytest
 import torch
@@ -16,10 +20,17 @@ from spd_kernels.backends import BACKENDS
 
 pytestmark = pytest.mark.requires_cuda
 
+QUICK = os.environ.get("SPD_GPU_TESTS", "full") == "quick"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BLOCKS = [(16, 16), (32, 32), (64, 64), (32, 64), (64, 32), (128, 128)]
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
 MS = (0, 1, 7, 65, 1000)
+CONFIG_CASES = [(torch.bfloat16, (64, 64)), (torch.float16, (16, 16)), (torch.float32, (32, 64))]
+if QUICK:  # every block shape and dtype, fewer sparsities and M; the fp32 config case
+    BLOCKS = [(16, 16), (64, 64), (32, 64), (128, 128)]
+    SPARSITIES = (0.0, 0.9, 1.0)
+    MS = (0, 7, 1000)
+    CONFIG_CASES = CONFIG_CASES[2:]
 
 
 def _shape(block):
@@ -102,9 +113,7 @@ def test_fused_activation(block, activation, dtype):
 
 
 @pytest.mark.parametrize("config", range(6))
-@pytest.mark.parametrize(
-    "dtype, block", [(torch.bfloat16, (64, 64)), (torch.float16, (16, 16)), (torch.float32, (32, 64))]
-)
+@pytest.mark.parametrize("dtype, block", CONFIG_CASES)
 def test_every_config(monkeypatch, dtype, block, config):
     # each autotune config on its own (index taken modulo each kernel's list)
     monkeypatch.setenv("SPD_TRITON_CONFIG", str(config))
@@ -223,3 +232,12 @@ def test_key_only_arguments_compile_once():
     before = sum(len(c[0]) for c in fn.device_caches.values())
     kernels.bsr_dds_t(torch.randn(9, 128, device="cuda", dtype=torch.float16), W.values, W.metadata())
     assert sum(len(c[0]) for c in fn.device_caches.values()) == before
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_smoke_all_ops(dtype, triton_calls):
+    """Small and quick: the three kernels, the split weight grad, bias + activation + saved
+    pre-activation, tail tiles. The compute-sanitizer run uses this test."""
+    for block, m in (((32, 64), 1), ((64, 64), 1000)):  # M = 1000: the weight grad splits M
+        _check(block, 0.5, m, dtype, "gelu", factor=4.0, calls=triton_calls)
+    torch.cuda.synchronize()
