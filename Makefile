@@ -36,8 +36,9 @@ demo: $(VENV)/.built  ## set up and run the whole job (fine-tune, SPD-prune, exp
 bench: $(VENV)/.built  ## kernel benchmarks (pytest-benchmark), not part of the test run
 	$(PY) -m pytest benchmarks/ --benchmark-only
 
-gpu-check:  ## on a GPU machine, with its CUDA torch: build, GPU tests, compute-sanitizer, CSR benchmark -> OUT
-	PYTHON=$(PYTHON) scripts/gpu_check.sh $(or $(OUT),benchmarks/results/gpu_csr)
+GPU_CHECK_ARGS ?=
+gpu-check:  ## on a GPU machine, with its CUDA torch: build (sm_90), GPU tests, memcheck, both GPU benchmarks -> OUT (~10 min)
+	PYTHON=$(PYTHON) scripts/gpu_check.sh $(GPU_CHECK_ARGS) $(or $(OUT),benchmarks/results/gpu_check)
 
 lint: $(VENV)/.deps  ## ruff lint + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
