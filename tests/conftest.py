@@ -10,6 +10,19 @@ import torch
 # tests/ is on sys.path (rootdir conftest), so `import helpers` works from every test module.
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tokenizer and teacher-output caches of the runs under test go to a temporary folder
+    (subprocesses inherit it), never the user's ~/.cache/spd."""
+    old = os.environ.get("SPD_CACHE")
+    os.environ["SPD_CACHE"] = str(tmp_path_factory.mktemp("spd-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SPD_CACHE", None)
+    else:
+        os.environ["SPD_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def seed():
     """Every test starts from the same seeds."""

@@ -178,11 +178,12 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, meta: dict, tensors: Mapping
 
 
 # ---------------------------------------------------------------------- whole checkpoints
-def save_checkpoint(path: str, state: dict, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Write one checkpoint file: ``tensors`` (namespaced names) + JSON ``state``."""
+def save_checkpoint(path: str, state: dict, tensors: Mapping[str, torch.Tensor], fmt: str = FORMAT) -> None:
+    """Write one checkpoint file: ``tensors`` (namespaced names) + JSON ``state``; ``fmt``
+    names the kind of file (other checksummed files, e.g. the teacher cache, reuse this)."""
     digest = tensors_digest(tensors)
     meta = {
-        "format": FORMAT,
+        "format": fmt,
         "version": str(FORMAT_VERSION),
         "sha256": digest,
         "state": json.dumps(state, sort_keys=True),
@@ -190,7 +191,7 @@ def save_checkpoint(path: str, state: dict, tensors: Mapping[str, torch.Tensor])
     atomic_save_tensors(path, tensors, metadata=meta)
 
 
-def load_checkpoint(path: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
+def load_checkpoint(path: str, fmt: str = FORMAT) -> Tuple[dict, Dict[str, torch.Tensor]]:
     """(state, tensors) of a file written by :func:`save_checkpoint`; ``ValueError`` when the
     file is not one, is truncated or its tensors do not match the recorded digest."""
     from safetensors import safe_open
@@ -203,8 +204,8 @@ def load_checkpoint(path: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own exception types on damaged headers
         raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an spd checkpoint (format {meta.get('format')!r})")
+    if meta.get("format") != fmt:
+        raise ValueError(f"{path}: not an {fmt} file (format {meta.get('format')!r})")
     if meta.get("version") != str(FORMAT_VERSION):
         raise ValueError(
             f"{path}: checkpoint format version {meta.get('version')}, expected {FORMAT_VERSION}"

@@ -6,9 +6,12 @@ Every source ends as three :class:`TextSplit` objects (train / validation / test
 description, the maximum length and the split's texts and labels (a safetensors file per
 split under ``cache_dir``), and in memory within the process.
 
-Batches are cut from a seeded per-epoch permutation (:func:`epoch_order`), a pure function of
-(seed, epoch): the data position is just (epoch, step in the epoch), which is what the
-checkpoint stores, and every data-parallel rank computes the same order.
+Batches are cut from a seeded per-epoch order (:func:`epoch_order`), a pure function of
+(seed, epoch, example lengths): the data position is just (epoch, step in the epoch), which is
+what the checkpoint stores, and every data-parallel rank computes the same order. By default
+the order is length-grouped (sentences of similar length share a batch, the batches are
+shuffled), which cuts the padding a batch carries from ~45 % to a few percent on the
+embedded data.
 """
 
 from __future__ import annotations
@@ -318,6 +321,11 @@ class EncodedSplit:
     def __len__(self) -> int:
         return self.offsets.numel() - 1
 
+    @property
+    def lengths(self) -> List[int]:
+        """Tokens per example (no padding)."""
+        return (self.offsets[1:] - self.offsets[:-1]).tolist()
+
     def collate(self, indices: Sequence[int]) -> Dict[str, torch.Tensor]:
         """Batch of ``indices`` padded to its longest example: input_ids, token_type_ids,
         attention_mask (B, L) int64 and labels (B,)."""
@@ -425,10 +433,52 @@ def encode_split(
 
 
 # ---------------------------------------------------------------------- batching
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of ``range(n)`` used in ``epoch`` (a pure function of seed and epoch)."""
+def epoch_order(
+    n: int,
+    seed: int,
+    epoch: int,
+    lengths: Optional[Sequence[int]] = None,
+    batch_size: int = 1,
+    group_window: int = 50,
+) -> torch.Tensor:
+    """The order of ``range(n)`` used in ``epoch``, a pure function of (seed, epoch, lengths).
+
+    Without ``lengths`` it is a seeded permutation. With ``lengths`` it is length-grouped: the
+    permutation is cut into windows of ``group_window`` batches, each window is sorted by
+    length and cut into batches of ``batch_size``, and the full batches are shuffled (the one
+    short batch, if ``n % batch_size``, stays last, where :func:`step_indices` expects it).
+    Batches then hold sentences of similar length, so little of a padded batch is padding,
+    while the batch sequence stays random. Every rank computes the same order."""
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    return torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=g)
+    if lengths is None or n == 0 or group_window < 1 or batch_size < 2:
+        return perm
+    if len(lengths) != n:
+        raise ValueError(f"{len(lengths)} lengths for {n} examples")
+    lens = torch.as_tensor(lengths, dtype=torch.long)[perm]
+    window = batch_size * group_window
+    parts = []
+    for a in range(0, n, window):
+        seg = perm[a : a + window]
+        # stable sort: equal lengths keep their random order
+        parts.append(seg[torch.sort(lens[a : a + window], descending=True, stable=True).indices])
+    grouped = torch.cat(parts)
+    n_full = n // batch_size
+    batches = grouped[: n_full * batch_size].view(n_full, batch_size)
+    shuffled = batches[torch.randperm(n_full, generator=g)].reshape(-1)
+    return torch.cat([shuffled, grouped[n_full * batch_size :]])
+
+
+def padding_share(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> Tuple[int, int]:
+    """(padding tokens, processed tokens) when each batch of example indices is padded to its
+    longest example."""
+    pad = total = 0
+    for b in batches:
+        if len(b):
+            ls = [int(lengths[i]) for i in b]
+            total += max(ls) * len(ls)
+            pad += max(ls) * len(ls) - sum(ls)
+    return pad, total
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -471,6 +521,7 @@ __all__ = [
     "load_glue",
     "load_rotten_tomatoes",
     "load_task",
+    "padding_share",
     "rotten_tomatoes_path",
     "step_indices",
     "steps_per_epoch",

@@ -7,7 +7,7 @@ single-process loss.
 
 * :func:`soft_cross_entropy` — ``T² · Σ_c -softmax(t/T)_c · log_softmax(s/T)_c``.
 * :func:`hidden_mse` — mean squared error of hidden states, over the valid (non-padding)
-  tokens and the hidden dimension, averaged over the layers given.
+  tokens and the hidden dimension, summed (SPD) or averaged over the layers given.
 * :func:`attention_mse` — the same on attention probabilities (B, heads, L, L), over valid
   query and key positions and the heads.
 * :func:`task_loss` — hard-label cross-entropy, or MSE for regression (one output).
@@ -36,10 +36,14 @@ def _reduce(per_example: Tensor, reduction: str) -> Tensor:
 
 
 def soft_cross_entropy(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction: str = "mean"
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    squared: bool = True,
 ) -> Tensor:
     """``T² · CE(softmax(t/T), softmax(s/T))``; logits (B, C). The T² keeps the gradient scale
-    independent of T (Hinton et al.)."""
+    independent of T (Hinton et al.); ``squared=False`` leaves it out."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if student_logits.shape != teacher_logits.shape:
@@ -50,7 +54,7 @@ def soft_cross_entropy(
     t = float(temperature)
     p_t = F.softmax(teacher_logits.detach().float() / t, dim=-1)
     logp_s = F.log_softmax(student_logits.float() / t, dim=-1)
-    per = -(p_t * logp_s).sum(-1) * (t * t)
+    per = -(p_t * logp_s).sum(-1) * (t * t if squared else 1.0)
     return _reduce(per, reduction)
 
 
@@ -67,9 +71,11 @@ def hidden_mse(
     teacher_hidden: Sequence[Tensor],
     attention_mask: Optional[Tensor] = None,
     reduction: str = "mean",
+    layers: str = "mean",
 ) -> Tensor:
     """Hidden-state MSE. Each element (B, L, H); ``attention_mask`` (B, L), 1 = real token.
-    Per example: mean over layers of Σ_valid tokens ‖s - t‖² / (n_valid · H)."""
+    Per example: Σ_valid tokens ‖s - t‖² / (n_valid · H), summed (``layers="sum"``, the SPD
+    authors' loss over all 13 states) or averaged over the hidden states given."""
     if len(student_hidden) != len(teacher_hidden) or not student_hidden:
         raise ValueError(
             f"need the same non-zero number of hidden states, got "
@@ -84,7 +90,15 @@ def hidden_mse(
             raise ValueError(f"hidden state shapes differ: {tuple(s.shape)} vs {tuple(t.shape)}")
         d = (s.float() - t.detach().float()).pow(2).sum(-1)  # (B, L)
         per = per + (d * m).sum(1) / denom
-    return _reduce(per / len(student_hidden), reduction)
+    return _reduce(_over_layers(per, len(student_hidden), layers), reduction)
+
+
+def _over_layers(total: Tensor, n: int, layers: str) -> Tensor:
+    if layers == "sum":
+        return total
+    if layers == "mean":
+        return total / n
+    raise ValueError(f"layers must be 'sum' or 'mean', got {layers!r}")
 
 
 def attention_mse(
@@ -92,9 +106,10 @@ def attention_mse(
     teacher_attn: Sequence[Tensor],
     attention_mask: Optional[Tensor] = None,
     reduction: str = "mean",
+    layers: str = "mean",
 ) -> Tensor:
-    """Attention-probability MSE. Each element (B, heads, L, L). Per example: mean over layers
-    of the mean squared difference over heads × valid queries × valid keys."""
+    """Attention-probability MSE. Each element (B, heads, L, L). Per example: the mean squared
+    difference over heads × valid queries × valid keys, summed or averaged over layers."""
     if len(student_attn) != len(teacher_attn) or not student_attn:
         raise ValueError(
             f"need the same non-zero number of attention maps, got "
@@ -110,7 +125,7 @@ def attention_mse(
             raise ValueError(f"attention shapes differ: {tuple(s.shape)} vs {tuple(t.shape)}")
         d = (s.float() - t.detach().float()).pow(2)
         per = per + (d * pair).sum((1, 2, 3)) / denom
-    return _reduce(per / len(student_attn), reduction)
+    return _reduce(_over_layers(per, len(student_attn), layers), reduction)
 
 
 def task_loss(logits: Tensor, labels: Tensor, regression: bool = False, reduction: str = "mean") -> Tensor:
@@ -137,6 +152,25 @@ class DistillConfig:
     )
     alpha_hidden: float = field(default=0.0, metadata={"help": "weight of the hidden-state MSE"})
     alpha_attn: float = field(default=0.0, metadata={"help": "weight of the attention-map MSE"})
+    temperature_squared: bool = field(
+        default=True,
+        metadata={"help": "multiply the logit loss by T² (Hinton et al.; the SPD authors' code does not)"},
+    )
+    layer_reduction: str = field(
+        default="sum",
+        metadata={
+            "help": "how the hidden-state and attention MSEs combine over layers: sum (the SPD authors' "
+            "code) or mean",
+            "choices": ("sum", "mean"),
+        },
+    )
+    attn_maps_after_dropout: bool = field(
+        default=False,
+        metadata={
+            "help": "compare the student's attention maps after attention dropout, as Hugging Face "
+            "returns them (the SPD reference); default: before dropout, like the teacher's"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -144,6 +178,8 @@ class DistillConfig:
         for name in ("alpha_ce", "alpha_logit", "alpha_hidden", "alpha_attn"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.layer_reduction not in ("sum", "mean"):
+            raise ValueError(f"layer_reduction must be 'sum' or 'mean', got {self.layer_reduction!r}")
 
     @property
     def needs_teacher(self) -> bool:
@@ -183,13 +219,19 @@ def distillation_loss(
         if regression:
             parts["logit"] = (logits.float() - teacher.logits.detach().float()).pow(2).mean(-1)
         else:
-            parts["logit"] = soft_cross_entropy(logits, teacher.logits, config.temperature, reduction="none")
+            parts["logit"] = soft_cross_entropy(
+                logits, teacher.logits, config.temperature, "none", config.temperature_squared
+            )
         total = total + config.alpha_logit * parts["logit"]
     if config.alpha_hidden > 0:
-        parts["hidden"] = hidden_mse(student.hidden_states, teacher.hidden_states, attention_mask, "none")
+        parts["hidden"] = hidden_mse(
+            student.hidden_states, teacher.hidden_states, attention_mask, "none", config.layer_reduction
+        )
         total = total + config.alpha_hidden * parts["hidden"]
     if config.alpha_attn > 0:
-        parts["attn"] = attention_mse(student.attentions, teacher.attentions, attention_mask, "none")
+        parts["attn"] = attention_mse(
+            student.attentions, teacher.attentions, attention_mask, "none", config.layer_reduction
+        )
         total = total + config.alpha_attn * parts["attn"]
     return total, parts
 

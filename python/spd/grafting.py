@@ -30,7 +30,7 @@ from .schedules import GRAFT_SCHEDULES, graft_probability
 @dataclass
 class GraftConfig:
     schedule: str = field(
-        default="linear",
+        default="constant",
         metadata={
             "help": "how p (probability that a layer position uses the student's layer) rises to 1 "
             "during SPD's second stage: constant (p0, then 1 in stage 3), linear (p0 -> 1) or mixed "
@@ -38,7 +38,13 @@ class GraftConfig:
             "choices": GRAFT_SCHEDULES,
         },
     )
-    p0: float = field(default=0.5, metadata={"help": "grafting probability at the start of stage 2"})
+    p0: float = field(
+        default=0.8,
+        metadata={
+            "help": "grafting probability at the start of stage 2 (the SPD authors' --replacing_rate "
+            "0.8, held constant: their scheduler's slope defaults to 0)"
+        },
+    )
     hold: float = field(default=0.5, metadata={"help": "mixed schedule: fraction of stage 2 held at p0"})
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ mode), so a pruned model reloads with its masks and nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import json
 import os
@@ -108,13 +109,90 @@ def masked_linears(model: nn.Module) -> Dict[str, MaskedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, MaskedLinear)}
 
 
+ATTN_NO_DROPOUT = "spd_eager"  # eager attention that returns the maps before dropout
+ATTENTION_CHOICES = ("sdpa", "eager", ATTN_NO_DROPOUT)
+
+
+def _eager_maps_before_dropout(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
+):
+    """Hugging Face's eager attention, except that the returned maps are the softmax
+    probabilities *before* attention dropout (the output still uses the dropped ones), so a
+    distilled student's maps are compared with the teacher's on equal terms."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    w = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        w = w + attention_mask
+    probs = torch.softmax(w, dim=-1)
+    dropped = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(dropped, value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+def register_attention() -> None:
+    """Register :data:`ATTN_NO_DROPOUT` with transformers (attention and its mask builder:
+    without the mask registration padding would be silently attended to)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTN_NO_DROPOUT, _eager_maps_before_dropout)
+    AttentionMaskInterface.register(ATTN_NO_DROPOUT, eager_mask)
+
+
 def set_attention_implementation(model: nn.Module, impl: str = "eager") -> None:
-    """Attention-map distillation needs the attention probabilities, which only ``eager``
-    returns (SDPA/flash never materialise them)."""
+    """``sdpa`` (fast, no maps), ``eager`` (maps after dropout, as Hugging Face returns them)
+    or :data:`ATTN_NO_DROPOUT` (maps before dropout). Attention-map distillation needs one of
+    the eager two; everything else runs SDPA."""
+    if impl not in ATTENTION_CHOICES:
+        raise ValueError(f"attention implementation must be one of {ATTENTION_CHOICES}, got {impl!r}")
+    if impl == ATTN_NO_DROPOUT:
+        register_attention()
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "_attn_implementation", None) == impl:
+        return
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(impl)
     else:  # pragma: no cover - older transformers
         model.config._attn_implementation = impl
+
+
+def get_attention_implementation(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+
+
+@contextlib.contextmanager
+def attention_implementation(model: nn.Module, impl: str):
+    """Within the context ``model`` runs ``impl`` attention; the previous one is restored."""
+    old = get_attention_implementation(model)
+    set_attention_implementation(model, impl)
+    try:
+        yield model
+    finally:
+        set_attention_implementation(model, old)
+
+
+TRAINABLE = ("all", "no-embeddings", "encoder")
+
+
+def apply_trainable(model: nn.Module, which: str) -> None:
+    """Set ``requires_grad`` by part: ``all``; ``no-embeddings`` (embeddings frozen, as Sanh
+    et al.'s emmental does); ``encoder`` (only the encoder layers train: embeddings, pooler
+    and classifier frozen, as the SPD authors' optimizer holds only the student layers)."""
+    if which not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {TRAINABLE}, got {which!r}")
+    for p in model.parameters():
+        p.requires_grad_(which != "encoder")
+    if which == "encoder":
+        for p in encoder_layers(model).parameters():
+            p.requires_grad_(True)
+    elif which == "no-embeddings":
+        base = getattr(model, getattr(model, "base_model_prefix", "bert"), model)
+        emb = getattr(base, "embeddings", None)
+        if emb is None:
+            raise ValueError(f"{type(model).__name__} has no embeddings module to freeze")
+        for p in emb.parameters():
+            p.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -132,7 +210,8 @@ def ensure_output_capture(model: nn.Module) -> None:
     try:
         device = next(model.parameters()).device
         ids = torch.zeros(1, 2, dtype=torch.long, device=device)
-        model(input_ids=ids, output_hidden_states=True, output_attentions=True)
+        with attention_implementation(model, "eager"):
+            model(input_ids=ids, output_hidden_states=True, output_attentions=True)
     finally:
         model.train(was_training)
 
@@ -149,7 +228,7 @@ def load_pretrained(
         return load_model(path)
     if os.path.isfile(os.path.join(path, PACKED_MANIFEST)):
         return load_exported(path)
-    kwargs = {"num_labels": num_labels, "attn_implementation": "eager"}
+    kwargs = {"num_labels": num_labels, "attn_implementation": "sdpa"}
     if problem_type:
         kwargs["problem_type"] = problem_type
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
@@ -202,8 +281,8 @@ def build_from_spec(config, spec: dict) -> nn.Module:
     """An untrained model of ``config`` with the MaskedLinear layers ``spec`` describes."""
     from transformers import AutoModelForSequenceClassification
 
-    config._attn_implementation = "eager"
-    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    config._attn_implementation = "sdpa"
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     for name, s in spec.get("masked", {}).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -297,4 +376,10 @@ __all__ = [
     "prunable_linear_names",
     "save_model",
     "set_attention_implementation",
+    "apply_trainable",
+    "TRAINABLE",
+    "attention_implementation",
+    "get_attention_implementation",
+    "register_attention",
+    "ATTN_NO_DROPOUT",
 ]

@@ -38,7 +38,8 @@ SCOPES = ("local", "global")
 
 # MaskedLinear score mode per method: hard movement uses the plain threshold binarizer at
 # -inf (all ones forward, straight-through backward) and prunes by committing top-k masks.
-_SCORE_MODE = {"none": None, "magnitude": None, "movement": "threshold", "soft-movement": "sigmoid_threshold"}
+_SCORE_MODE = {"none": None, "magnitude": None, "movement": "topk", "soft-movement": "sigmoid_threshold"}
+SCORE_INITS = ("constant", "magnitude")
 
 
 def parse_granularity(granularity: str) -> Tuple[int, int]:
@@ -86,6 +87,33 @@ class PruningConfig:
         metadata={"help": "fraction of the pruning phase at the final sparsity after the ramp"},
     )
     update_every: int = field(default=10, metadata={"help": "recompute the masks every this many steps"})
+    mask_updates: int = field(
+        default=0,
+        metadata={
+            "help": "magnitude/SPD: this many mask updates spread evenly over the ramp, update k at "
+            "sparsity s_f(1-(1-k/n)^3) (the SPD authors: 12); 0 = every --update-every steps"
+        },
+    )
+    regrow: bool = field(
+        default=True,
+        metadata={
+            "help": "movement methods: recompute the mask from the scores at every forward during the "
+            "ramp, so pruned weights can come back (emmental); --no-regrow commits masks every "
+            "--update-every steps and never regrows; both commit the exact budget when the ramp ends"
+        },
+    )
+    min_density: float = field(
+        default=0.005,
+        metadata={"help": "movement methods: keep at least this fraction of every matrix (emmental: 0.005)"},
+    )
+    score_init_mode: str = field(
+        default="constant",
+        metadata={
+            "help": "movement scores start at --score-init (constant, emmental) or at |W| standardised "
+            "per layer (magnitude)",
+            "choices": SCORE_INITS,
+        },
+    )
     score_init: float = field(default=0.0, metadata={"help": "initial value of movement scores"})
     score_lr: float = field(default=1e-2, metadata={"help": "learning rate of movement scores"})
     soft_threshold_init: float = field(
@@ -117,6 +145,12 @@ class PruningConfig:
             )
         if self.update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {self.update_every}")
+        if self.mask_updates < 0:
+            raise ValueError(f"mask_updates must be >= 0, got {self.mask_updates}")
+        if not 0.0 <= self.min_density <= 1.0:
+            raise ValueError(f"min_density must lie in [0, 1], got {self.min_density}")
+        if self.score_init_mode not in SCORE_INITS:
+            raise ValueError(f"score_init_mode must be one of {SCORE_INITS}, got {self.score_init_mode!r}")
 
     @property
     def block(self) -> Tuple[int, int]:
@@ -170,6 +204,14 @@ class Pruner:
         self.warmup_steps = int(round(config.warmup_fraction * total_steps))
         self.cooldown_steps = int(round(config.cooldown_fraction * total_steps))
         self.last_update: Optional[int] = None
+        self.movement = config.method in ("movement", "soft-movement")
+        # magnitude with a fixed number of updates: step -> update index k (1..n)
+        self.update_at: Dict[int, int] = {}
+        n = config.mask_updates
+        if n and not self.movement:
+            ramp = self.total_steps - self.warmup_steps - self.cooldown_steps
+            for k in range(1, n + 1):
+                self.update_at[self.warmup_steps + ((k - 1) * ramp) // n] = k
 
     # ------------------------------------------------------------------ schedule values
     def _sched(self, step: int) -> Tuple[int, int, int]:
@@ -180,9 +222,23 @@ class Pruner:
     @property
     def ramp_end(self) -> int:
         """First step that runs at the final sparsity."""
+        if self.update_at:
+            return max(self.update_at)
         return max(self.total_steps - self.cooldown_steps - 1, 0)
 
+    @property
+    def update_steps(self) -> List[int]:
+        """The steps at which a mask update is due (fixed-count schedules; else every
+        ``update_every`` steps up to the ramp end)."""
+        if self.update_at:
+            return sorted(self.update_at)
+        return sorted(set(range(0, self.ramp_end + 1, self.config.update_every)) | {self.ramp_end})
+
     def target_sparsity(self, step: int) -> float:
+        if self.update_at:
+            done = [k for u, k in self.update_at.items() if u <= step]
+            k, n = (max(done) if done else 0), self.config.mask_updates
+            return self.config.sparsity * (1.0 - (1.0 - k / n) ** 3)
         s, total, warm = self._sched(step)
         return cubic_sparsity(s, total, self.config.sparsity, 0.0, warm, self.cooldown_steps)
 
@@ -198,28 +254,60 @@ class Pruner:
         )
 
     def lambda_(self, step: int) -> float:
+        """emmental's ``λ_t = λ_f · τ_t / τ_f``: rises with the threshold and is held after the
+        ramp (the cubic progress stands in when τ_f = 0)."""
+        c = self.config
+        if c.soft_threshold_final != 0:
+            return c.soft_lambda * self.threshold(step) / c.soft_threshold_final
         s, total, warm = self._sched(step)
-        return soft_movement_lambda(s, total, self.config.soft_lambda, warm, self.cooldown_steps)
+        return soft_movement_lambda(s, total, c.soft_lambda, warm, self.cooldown_steps)
 
     # ------------------------------------------------------------------ per step
     @torch.no_grad()
     def update(self, step: int) -> bool:
-        """Set the binarizer targets for ``step`` and, every ``update_every`` steps (and at
-        the step the ramp ends), commit new masks. Returns True when masks were committed."""
+        """Set the binarizer targets for ``step`` and commit new masks when one is due.
+        Returns True when masks were committed."""
         c = self.config
         if c.method == "none":
             return False
-        if c.method == "movement":
-            for m in self.modules.values():
-                m.threshold = -math.inf  # binarizer passes all; the committed mask prunes
-        ramp_end = self.ramp_end
-        if c.method == "soft-movement":
-            # after the ramp the committed mask alone decides, so the budget holds exactly
-            tau = self.threshold(step) if step < ramp_end else -math.inf
-            for m in self.modules.values():
-                m.threshold = tau
-        due = step % c.update_every == 0 or step == ramp_end
+        if self.movement:
+            return self._update_movement(step)
+        if self.update_at:
+            due = step in self.update_at
+        else:
+            due = step % c.update_every == 0 or step == self.ramp_end
         if not due or step == self.last_update or step > self.total_steps:
+            return False
+        self.commit(self.target_sparsity(step))
+        self.last_update = step
+        return True
+
+    def _update_movement(self, step: int) -> bool:
+        c = self.config
+        ramp_end = self.ramp_end
+        for m in self.modules.values():
+            m.min_density = c.min_density
+        if step >= ramp_end:
+            # the exact budget is committed once; after it the committed mask alone decides
+            # (a fixed pattern: the sparse kernels can run)
+            committed = self.last_update is not None and self.last_update >= ramp_end
+            if not committed:
+                self.commit(c.sparsity)
+                self.last_update = step
+            for m in self.modules.values():
+                m.density, m.threshold = 1.0, -math.inf
+            return not committed
+        density = 1.0 - self.target_sparsity(step)
+        for m in self.modules.values():
+            if c.method == "movement":
+                # regrow: top-k of the scores at every forward; else all pass, commits prune
+                m.density = density if c.regrow else 1.0
+            else:
+                m.threshold = self.threshold(step)
+        if c.regrow:
+            return False
+        due = step % c.update_every == 0
+        if not due or step == self.last_update:
             return False
         self.commit(self.target_sparsity(step))
         self.last_update = step
@@ -232,7 +320,10 @@ class Pruner:
 
     @torch.no_grad()
     def commit(self, sparsity: float) -> None:
-        """Intersect every layer's mask with the pattern for ``sparsity`` (never regrows)."""
+        """Intersect every layer's mask with the pattern for ``sparsity`` (never regrows):
+        top-k per layer, or over all layers at once (``scope="global"``, and soft movement,
+        whose scores are comparable across layers); movement methods keep at least
+        ``min_density`` of every matrix."""
         c = self.config
         density = 1.0 - sparsity
         names = list(self.modules)
@@ -240,24 +331,24 @@ class Pruner:
         alive = [reduce_to_blocks(m.mask, m.block, "any") for m in mods]
         imps = [self._importance(m) for m in mods]
         if c.scope == "global" or c.method == "soft-movement":
-            # soft movement commits the cubic schedule by score over all layers: the lowest σ(S)
-            # go first (also the ones under τ), so the budget is reached gradually instead of in
-            # one cut at the end of the ramp when τ lags behind it
             new = global_topk_masks(imps, alive, density)
         else:
             new = [_keep_top(imp, a, density) for imp, a in zip(imps, alive)]
+        if self.movement and c.min_density > 0:
+            for i, (imp, a) in enumerate(zip(imps, alive)):
+                floor = min(int(math.ceil(c.min_density * imp.numel())), int(a.sum()))
+                if int(new[i].sum()) < floor:
+                    new[i] = new[i] | topk_mask(imp.masked_fill(~a, -math.inf), floor / imp.numel())
         for m, mask in zip(mods, new):
             m.set_mask(mask)
 
     def regularization(self, step: int) -> Optional[Tensor]:
-        """Soft movement's ``λ_t · mean σ(S)`` over all scores (differentiable), else None."""
+        """Soft movement's ``λ_t · mean over modules of mean σ(S)`` (emmental), else None."""
         if self.config.method != "soft-movement" or step >= self.ramp_end:
             return None
         lam = self.lambda_(step)
-        scores = [m.scores for m in self.modules.values()]
-        n = sum(s.numel() for s in scores)
-        total = sum(torch.sigmoid(s).sum() for s in scores)
-        return lam * total / n
+        per_module = [torch.sigmoid(m.scores).mean() for m in self.modules.values()]
+        return lam * sum(per_module) / len(per_module)
 
     # ------------------------------------------------------------------ reporting
     def sparsity(self) -> float:

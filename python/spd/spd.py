@@ -23,7 +23,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import torch
 from torch import nn
+
+from spd_kernels.nn import reduce_to_blocks
 
 from .distill import DistillConfig
 from .grafting import GraftConfig
@@ -64,13 +67,50 @@ class StageConfig:
 
 
 def method_distill_defaults(method: str, kd: bool) -> dict:
-    """SPD's loss is hidden + attention + logit distillation; baselines use the labels
-    (plus the teacher's logits with ``kd``)."""
+    """SPD's loss (the authors' run_glue.py): MSE of all 13 hidden states summed over layers +
+    attention MSE summed over layers + soft cross-entropy on logits at T = 1 without T², no
+    hard labels. Baselines use the labels, plus emmental's logit KD with ``kd`` (α 0.5/0.5,
+    T = 2, T²)."""
     if method == "spd":
-        return {"alpha_ce": 0.0, "alpha_logit": 1.0, "alpha_hidden": 1.0, "alpha_attn": 1.0}
+        return {
+            "alpha_ce": 0.0,
+            "alpha_logit": 1.0,
+            "alpha_hidden": 1.0,
+            "alpha_attn": 1.0,
+            "temperature": 1.0,
+            "temperature_squared": False,
+            "layer_reduction": "sum",
+        }
     if kd:
-        return {"alpha_ce": 0.5, "alpha_logit": 0.5, "alpha_hidden": 0.0, "alpha_attn": 0.0}
+        return {
+            "alpha_ce": 0.5,
+            "alpha_logit": 0.5,
+            "alpha_hidden": 0.0,
+            "alpha_attn": 0.0,
+            "temperature": 2.0,
+        }
     return {"alpha_ce": 1.0, "alpha_logit": 0.0, "alpha_hidden": 0.0, "alpha_attn": 0.0}
+
+
+def method_pruning_defaults(method: str) -> dict:
+    """Schedules as each reference runs them. SPD: pruning from the first step, 12 cubic mask
+    updates over the phase (the authors' ``freq = steps / 12``), no cool-down. Soft movement:
+    emmental's README values (τ 0 → 0.1, λ 400). Movement/magnitude keep the dataclass
+    defaults (warm-up 10 %, cool-down 20 %: emmental's 1× / 2× the LR warm-up at 10 %)."""
+    if method == "spd":
+        return {"warmup_fraction": 0.0, "cooldown_fraction": 0.0, "mask_updates": 12}
+    if method == "soft-movement":
+        return {"soft_threshold_init": 0.0, "soft_threshold_final": 0.1, "soft_lambda": 400.0}
+    return {}
+
+
+# which parameters train under --trainable auto, per method (see models.apply_trainable)
+METHOD_TRAINABLE = {
+    "spd": "encoder",
+    "magnitude": "no-embeddings",
+    "movement": "no-embeddings",
+    "soft-movement": "no-embeddings",
+}
 
 
 def _load(name: str, num_labels: int, regression: bool) -> nn.Module:
@@ -137,7 +177,11 @@ def prune_phases(
         s.train()
         for p in s.parameters():
             p.requires_grad_(True)
-        make_prunable(s, block=pruning.block, scores=pruning.score_mode, score_init=pruning.score_init)
+        layers = make_prunable(
+            s, block=pruning.block, scores=pruning.score_mode, score_init=pruning.score_init
+        )
+        if pruning.score_mode is not None and pruning.score_init_mode == "magnitude":
+            init_scores_from_magnitude(layers.values())
         return s
 
     stage2 = "spd" if method == "spd" else "prune"
@@ -150,6 +194,7 @@ def prune_phases(
             build=student,
             pruning=pruning,
             graft=graft if method == "spd" else None,
+            trainable=METHOD_TRAINABLE[method],
         )
     )
     if stages.final_epochs > 0:
@@ -161,9 +206,19 @@ def prune_phases(
                 distill=distill,
                 build=lambda prev, teacher: prev,
                 freeze_scores=True,
+                trainable=METHOD_TRAINABLE[method],
             )
         )
     return phases
+
+
+@torch.no_grad()
+def init_scores_from_magnitude(layers) -> None:
+    """Movement scores start at |W| (summed per block) standardised per layer, so the first
+    mask updates already follow magnitude instead of ranking all-equal scores."""
+    for m in layers:
+        imp = reduce_to_blocks(m.weight.detach().abs().float(), m.block)
+        m.scores.copy_((imp - imp.mean()) / imp.std().clamp_min(1e-12))
 
 
 def spd_pruning_config(pruning: PruningConfig, method: str) -> PruningConfig:
@@ -176,6 +231,8 @@ __all__ = [
     "StageConfig",
     "finetune_phases",
     "method_distill_defaults",
+    "method_pruning_defaults",
+    "init_scores_from_magnitude",
     "prune_phases",
     "spd_pruning_config",
 ]

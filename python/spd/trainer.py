@@ -37,14 +37,24 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .data import EncodedSplit, TaskInfo, epoch_order, step_indices, steps_per_epoch
+from .data import EncodedSplit, TaskInfo, epoch_order, padding_share, step_indices, steps_per_epoch
 from .distill import DistillConfig, distillation_loss
 from .distributed import DistInfo, all_reduce_gradients, all_reduce_sum, gather_tensor
 from .grafting import GraftConfig, Grafter
 from .metrics import compute_metrics
-from .models import ensure_output_capture, load_state_strict, masked_linears, save_model
+from .models import (
+    ATTN_NO_DROPOUT,
+    apply_trainable,
+    attention_implementation,
+    ensure_output_capture,
+    load_state_strict,
+    masked_linears,
+    save_model,
+    set_attention_implementation,
+)
 from .pruning import Pruner, PruningConfig, model_sparsity
 from .schedules import lr_factor
+from .teacher_cache import TeacherCache, cached_evaluation, needed_fields
 
 CHECKPOINT = "checkpoint-last.safetensors"
 METRICS = "metrics.jsonl"
@@ -83,6 +93,53 @@ class TrainConfig:
     )
     log_every: int = field(default=10, metadata={"help": "log loss/sparsity/p every N optimizer steps"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+    group_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "batches of sentences of similar length (sorted within windows of --group-window "
+            "batches, batches shuffled): far less padding; --no-group-by-length draws batches at random"
+        },
+    )
+    group_window: int = field(default=50, metadata={"help": "batches per length-sorting window"})
+    teacher_cache: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "directory of the teacher-output cache (default ~/.cache/spd/teacher); 'none' runs "
+            "the teacher live at every step"
+        },
+    )
+    teacher_cache_dtype: str = field(
+        default="float16",
+        metadata={
+            "help": "storage dtype of cached hidden states and attention maps (logits: float32)",
+            "choices": ("float16", "bfloat16", "float32"),
+        },
+    )
+    attention: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: SDPA attention wherever no attention map is needed (evaluation, training "
+            "without the attention loss), eager only for the attention loss; eager: eager everywhere",
+            "choices": ("auto", "eager"),
+        },
+    )
+    sparse_kernels: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: masked layers run the sparse kernels whenever the committed pattern is fixed "
+            "between mask updates and below the measured crossover density, also while movement scores "
+            "train; fixed-only: not while scores train; never: always the dense masked product",
+            "choices": ("auto", "fixed-only", "never"),
+        },
+    )
+    trainable: str = field(
+        default="auto",
+        metadata={
+            "help": "which parameters train: auto (the method's reference: SPD encoder layers only; "
+            "movement/magnitude all but the embeddings; fine-tuning all), all, no-embeddings, encoder",
+            "choices": ("auto", "all", "no-embeddings", "encoder"),
+        },
+    )
     resume: str = field(
         default="auto",
         metadata={
@@ -102,6 +159,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if self.resume not in RESUME_MODES:
             raise ValueError(f"resume must be one of {RESUME_MODES}, got {self.resume!r}")
+        if self.group_window < 1:
+            raise ValueError(f"group_window must be >= 1, got {self.group_window}")
 
 
 @dataclass
@@ -121,6 +180,7 @@ class Phase:
     best_dir: str = "best"
     produces_teacher: bool = False  # the best model of this phase becomes the teacher
     freeze_scores: bool = False  # masks fixed: score binarizers pass everything, scores not trained
+    trainable: str = "all"  # which parameters train under --trainable auto (see models.apply_trainable)
 
 
 def _no_decay(name: str) -> bool:
@@ -191,12 +251,21 @@ class MetricsLog:
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, data: EncodedSplit, task: TaskInfo, batch_size: int, device, bf16: bool = False
+    model: nn.Module,
+    data: EncodedSplit,
+    task: TaskInfo,
+    batch_size: int,
+    device,
+    bf16: bool = False,
+    attention: str = "sdpa",
 ) -> Dict[str, float]:
     """Task metrics and mean loss of ``model`` on ``data``; batches sorted by length (less
-    padding), predictions put back in order."""
+    padding), predictions put back in order; ``attention`` implementation (no maps needed)."""
     was = model.training
     model.eval()
+    impl_ctx = (
+        attention_implementation(model, attention) if hasattr(model, "config") else contextlib.nullcontext()
+    )
     lens = (data.offsets[1:] - data.offsets[:-1]).tolist()
     order = sorted(range(len(data)), key=lambda i: lens[i])
     preds: List[Any] = [None] * len(data)
@@ -205,23 +274,24 @@ def evaluate_model(
         torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     )
     try:
-        for a in range(0, len(order), batch_size):
-            idx = order[a : a + batch_size]
-            b = {k: v.to(device) for k, v in data.collate(idx).items()}
-            with ctx:
-                logits = model(
-                    input_ids=b["input_ids"],
-                    attention_mask=b["attention_mask"],
-                    token_type_ids=b["token_type_ids"],
-                ).logits.float()
-            if task.regression:
-                p = logits[:, 0]
-                loss_sum += float(((p - b["labels"].float()) ** 2).sum())
-            else:
-                p = logits.argmax(-1)
-                loss_sum += float(torch.nn.functional.cross_entropy(logits, b["labels"], reduction="sum"))
-            for i, v in zip(idx, p.cpu().tolist()):
-                preds[i] = v
+        with impl_ctx:
+            for a in range(0, len(order), batch_size):
+                idx = order[a : a + batch_size]
+                b = {k: v.to(device) for k, v in data.collate(idx).items()}
+                with ctx:
+                    logits = model(
+                        input_ids=b["input_ids"],
+                        attention_mask=b["attention_mask"],
+                        token_type_ids=b["token_type_ids"],
+                    ).logits.float()
+                if task.regression:
+                    p = logits[:, 0]
+                    loss_sum += float(((p - b["labels"].float()) ** 2).sum())
+                else:
+                    p = logits.argmax(-1)
+                    loss_sum += float(torch.nn.functional.cross_entropy(logits, b["labels"], reduction="sum"))
+                for i, v in zip(idx, p.cpu().tolist()):
+                    preds[i] = v
     finally:
         model.train(was)
     out = compute_metrics(task.metrics, preds, data.labels.tolist()) if len(data) else {}
@@ -261,6 +331,7 @@ class Trainer:
             os.makedirs(self.out, exist_ok=True)
         self.log = MetricsLog(os.path.join(self.out, METRICS), info.is_main)
         self.best: Dict[str, float] = {}  # best_dir -> best validation metric
+        self.best_step: Dict[str, int] = {}  # best_dir -> global step it was saved at
         self.history: List[Dict[str, Any]] = []
         self.global_step = 0
 
@@ -275,9 +346,52 @@ class Trainer:
 
     def evaluate(self, model: nn.Module, split: str = "validation") -> Dict[str, float]:
         """Metrics of ``model`` alone (no grafting) on a split."""
+        attention = "sdpa" if self.cfg.attention == "auto" else "eager"
         return evaluate_model(
-            model, self.splits[split], self.task, self.cfg.eval_batch_size, self.info.device, self.cfg.bf16
+            model,
+            self.splits[split],
+            self.task,
+            self.cfg.eval_batch_size,
+            self.info.device,
+            self.cfg.bf16,
+            attention,
         )
+
+    def evaluate_teacher(self, teacher: nn.Module, split: str) -> Dict[str, float]:
+        """The teacher's metrics: a frozen teacher is evaluated once per (teacher, split) and its
+        scores kept beside its cached outputs."""
+        if self.cfg.teacher_cache == "none":
+            return self.evaluate(teacher, split)
+        return cached_evaluation(
+            teacher, self.splits[split], lambda: self.evaluate(teacher, split), self.cfg.teacher_cache
+        )
+
+    def attention_for(self, dcfg: DistillConfig) -> str:
+        """SDPA unless the attention loss needs the maps (eager; maps before dropout unless
+        the config asks for Hugging Face's post-dropout maps)."""
+        if dcfg.needs_attentions:
+            return "eager" if dcfg.attn_maps_after_dropout else ATTN_NO_DROPOUT
+        return "sdpa" if self.cfg.attention == "auto" else "eager"
+
+    def teacher_targets(self, teacher: nn.Module, dcfg: DistillConfig) -> Optional[TeacherCache]:
+        """The cache of the teacher's training-split outputs this phase's loss needs (built
+        on a miss), or None when --teacher-cache none."""
+        if self.cfg.teacher_cache == "none":
+            return None
+        cache = TeacherCache(
+            teacher,
+            self.splits["train"],
+            needed_fields(dcfg.needs_hidden, dcfg.needs_attentions),
+            root=self.cfg.teacher_cache,
+            dtype=self.cfg.teacher_cache_dtype,
+            batch_size=self.cfg.eval_batch_size,
+        )
+        barrier = None
+        if self.info.enabled:
+            import torch.distributed as dist
+
+            barrier = dist.barrier
+        return cache.prepare(self.info.is_main, barrier, progress=self.cfg.progress and self.info.is_main)
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(
@@ -318,6 +432,7 @@ class Trainer:
             "optimizer": opt_meta,
             "rng": rng_meta,
             "best": self.best,
+            "best_step": self.best_step,
             "history": self.history,
             "metrics_offset": self.log.offset(),
         }
@@ -361,6 +476,7 @@ class Trainer:
             grafter.load_state_dict(g)
         self.restore_rng(state, tensors)
         self.best = dict(state.get("best") or {})
+        self.best_step = {k: int(v) for k, v in (state.get("best_step") or {}).items()}
         self.history = list(state.get("history") or [])
         self.global_step = int(state["global_step"])
         self.log.truncate(int(state.get("metrics_offset", 0)))
@@ -409,6 +525,10 @@ class Trainer:
 
         model.to(info.device).train()
         masked = masked_linears(model)
+        for m in masked.values():
+            m.sparse_path = "never" if cfg.sparse_kernels == "never" else "auto"
+            m.sparse_with_trained_scores = cfg.sparse_kernels == "auto"
+        apply_trainable(model, phase.trainable if cfg.trainable == "auto" else cfg.trainable)
         if phase.freeze_scores:
             for m in masked.values():
                 m.threshold = -math.inf  # the committed mask alone decides
@@ -428,6 +548,13 @@ class Trainer:
             ensure_output_capture(model)
             if teacher is not None:
                 ensure_output_capture(teacher)
+        # eager attention only where the attention loss reads the maps (grafted teacher layers
+        # read their own config, so the teacher runs the same implementation)
+        impl = self.attention_for(dcfg)
+        set_attention_implementation(model, impl)
+        if teacher is not None:
+            set_attention_implementation(teacher, impl)
+        cache = self.teacher_targets(teacher, dcfg) if dcfg.needs_teacher else None
         score_lr = phase.pruning.score_lr if phase.pruning is not None else phase.lr
         opt = build_optimizer(model, phase.lr, cfg.weight_decay, score_lr)
         trainable = [p_ for g in opt.param_groups for p_ in g["params"]]
@@ -447,9 +574,18 @@ class Trainer:
         p = 1.0
         t0 = time.time()
         order_seed = cfg.seed * 31 + phase_index
+        train_lengths = train.lengths
+        pad_tokens = all_tokens = real_tokens = 0
         for step in range(start, total):
             epoch, in_epoch = divmod(step, spe)
-            order = epoch_order(len(train), order_seed, epoch)
+            order = epoch_order(
+                len(train),
+                order_seed,
+                epoch,
+                train_lengths if cfg.group_by_length else None,
+                cfg.batch_size,
+                cfg.group_window,
+            )
             if pruner is not None:
                 pruner.update(step)
             choices = None
@@ -471,10 +607,15 @@ class Trainer:
                 loss = torch.zeros((), device=info.device)
                 if idx:
                     b = self._batch(train, idx)
+                    pad, tot = padding_share(train_lengths, [idx])
+                    pad_tokens, all_tokens = pad_tokens + pad, all_tokens + tot
+                    real_tokens += tot - pad
                     inputs = {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
                     with self._autocast():
                         t_out = None
-                        if dcfg.needs_teacher:
+                        if cache is not None:
+                            t_out = cache.targets(idx, b["input_ids"].shape[1], info.device)
+                        elif dcfg.needs_teacher:
                             with torch.no_grad():
                                 t_out = teacher(**inputs, **out_kwargs)
                         graft_ctx = (
@@ -492,7 +633,8 @@ class Trainer:
                     # added once per step overall: each process carries 1/world of it
                     loss = loss + reg / info.world_size
                     parts_sum["l1"] = parts_sum.get("l1", 0.0) + float(reg.detach()) / info.world_size
-                loss.backward()
+                if loss.requires_grad:  # all layer positions grafted from the frozen teacher: no grad
+                    loss.backward()
                 loss_val += float(loss.detach())
             all_reduce_gradients(trainable, info)
             if cfg.max_grad_norm > 0:
@@ -531,8 +673,13 @@ class Trainer:
                     "sparsity": sparsity,
                     "p": p,
                     **{f"loss_{k}": v for k, v in parts_all.items()},
+                    "padding": pad_tokens / all_tokens if all_tokens else 0.0,
+                    "tokens": real_tokens,
                     "time_s": round(time.time() - t0, 3),
                 }
+                if cache is not None:  # examples served from the cache since the last record
+                    rec["teacher_cache_hits"], cache.hits = cache.hits, 0
+                pad_tokens = all_tokens = real_tokens = 0
                 self.log.write(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss_all:.4f}", sparsity=f"{sparsity:.3f}", p=f"{p:.2f}")
@@ -549,10 +696,10 @@ class Trainer:
         return model
 
     def _end_of_epoch(self, phase_index, phase, done, total, model, pruner, epoch) -> None:
-        metrics = self.evaluate(model, "validation")
         masked = masked_linears(model)
         sparsity = model_sparsity(masked) if masked else 0.0
-        # a pruning phase's model counts only once it has reached the final sparsity
+        # a pruning phase's model counts only once it has reached the final sparsity; an
+        # evaluation that cannot be selected is not run
         eligible = pruner is None or done - 1 >= pruner.ramp_end
         rec = {
             "phase": phase.name,
@@ -561,15 +708,19 @@ class Trainer:
             "step": done,
             "global_step": self.global_step,
             "sparsity": sparsity,
-            "eval": metrics,
             "eligible": eligible,
         }
+        if eligible:
+            rec["eval"] = self.evaluate(model, "validation")
         self.history.append(rec)
         self.log.write(rec)
-        main = metrics.get(self.task.main_metric, float("nan"))
+        if not eligible:
+            return
+        main = rec["eval"].get(self.task.main_metric, float("nan"))
         better = phase.best_dir not in self.best or main > self.best[phase.best_dir]
-        if eligible and better:
+        if better:
             self.best[phase.best_dir] = main
+            self.best_step[phase.best_dir] = self.global_step
             if self.info.is_main:
                 save_model(model, self.tokenizer, os.path.join(self.out, phase.best_dir))
 
@@ -633,8 +784,15 @@ class Trainer:
         from .models import load_model
 
         masked = masked_linears(model)
+        last = self.history[-1] if self.history else None
+        # the last end-of-epoch evaluation saw this very model: reuse its validation metrics
+        final_val = (
+            last["eval"]
+            if last is not None and last.get("global_step") == self.global_step and "eval" in last
+            else self.evaluate(model, "validation")
+        )
         final = {
-            "validation": self.evaluate(model, "validation"),
+            "validation": final_val,
             "test": self.evaluate(model, "test"),
             "sparsity": model_sparsity(masked) if masked else 0.0,
         }
@@ -643,7 +801,9 @@ class Trainer:
             import torch.distributed as dist
 
             dist.barrier()
-        if os.path.isdir(best_dir) and os.path.exists(os.path.join(best_dir, "spd_model.json")):
+        if self.best_step.get("best") == self.global_step:
+            best = final  # the best model is the final one: evaluated once
+        elif os.path.isdir(best_dir) and os.path.exists(os.path.join(best_dir, "spd_model.json")):
             best_model, _ = load_model(best_dir)
             best_model.to(self.info.device)
             bm = masked_linears(best_model)
@@ -664,8 +824,8 @@ class Trainer:
         }
         if teacher is not None:
             results["teacher"] = {
-                "validation": self.evaluate(teacher, "validation"),
-                "test": self.evaluate(teacher, "test"),
+                "validation": self.evaluate_teacher(teacher, "validation"),
+                "test": self.evaluate_teacher(teacher, "test"),
             }
         if self.info.is_main:
             save_model(model, self.tokenizer, os.path.join(self.out, "final"))

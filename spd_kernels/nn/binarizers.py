@@ -6,6 +6,8 @@ the gradient straight through to the scores in the backward pass.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -22,28 +24,37 @@ class TopKBinarizerFunction(torch.autograd.Function):
         return grad, None
 
 
+def _with_floor(mask: Tensor, scores: Tensor, min_density: float) -> Tensor:
+    """At least ``ceil(min_density · numel)`` entries kept, the highest scores (emmental's
+    ThresholdBinarizer keeps 0.5 % of every matrix so none is emptied)."""
+    need = int(math.ceil(float(min_density) * scores.numel()))
+    if need > 0 and int(mask.sum()) < need:
+        return mask | topk_mask(scores, need / scores.numel())
+    return mask
+
+
 class ThresholdBinarizerFunction(torch.autograd.Function):
-    """``scores > threshold`` (hard threshold on the raw scores)."""
+    """``scores > threshold`` (hard threshold on the raw scores), with a per-matrix floor."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor, threshold: float) -> Tensor:
-        return (scores > threshold).to(scores.dtype)
+    def forward(ctx, scores: Tensor, threshold: float, min_density: float = 0.0) -> Tensor:
+        return _with_floor(scores > threshold, scores, min_density).to(scores.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return grad, None
+        return grad, None, None
 
 
 class SigmoidThresholdBinarizerFunction(torch.autograd.Function):
-    """``sigmoid(scores) > threshold``: soft movement pruning's mask."""
+    """``sigmoid(scores) > threshold``: soft movement pruning's mask, with a per-matrix floor."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor, threshold: float) -> Tensor:
-        return (torch.sigmoid(scores) > threshold).to(scores.dtype)
+    def forward(ctx, scores: Tensor, threshold: float, min_density: float = 0.0) -> Tensor:
+        return _with_floor(torch.sigmoid(scores) > threshold, scores, min_density).to(scores.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return grad, None
+        return grad, None, None
 
 
 def topk_mask(scores: Tensor, density: float) -> Tensor:

@@ -14,16 +14,17 @@ Granularity is the ``block`` shape: ``(1, 1)`` element-wise, ``(32, 32)`` whole 
 
 Two ways to compute the product (``extra_repr`` says which one a call takes now):
 
-* ``path=dense-masked``: ``F.linear(x, W ⊙ M, b)``. Always right; the only path while the
-  scores are trained (the pattern changes every step and the scores need a gradient at every
-  position).
+* ``path=dense-masked``: ``F.linear(x, W ⊙ M, b)``. Always right.
 * ``path=sparse(<layout>)``: ``sk.sparse_linear`` on the pattern packed from the effective
   mask (``block`` granularity -> BSR of that block, ``(1, 1)`` -> CSR). The pattern is packed
   once per mask change (cached, keyed by a mask version counter); every call gathers the stored
   values from ``weight`` differentiably, so the weight gradient of the kernels (computed at the
   stored positions only) lands in ``weight.grad`` and the optimizer keeps updating ``weight``.
   Without autograd (``no_grad``/``inference_mode``) the gathered values are cached as well,
-  until ``weight`` changes.
+  until ``weight`` changes. While movement scores train, the pattern is the committed
+  ``mask`` (fixed between mask updates) and the binarised scores are folded into the gathered
+  values, so the score gradient (straight-through, ``∂L/∂W' ⊙ W``) is computed at the stored
+  positions only, where it can be non-zero.
 
 ``sparse_path`` chooses: ``"never"``; ``"always"`` (whenever the pattern is fixed for the
 call); ``"auto"`` (fixed pattern and density below the crossover measured for the backend,
@@ -133,11 +134,15 @@ class MaskedLinear(nn.Linear):
         # targets read by the binarizers; set by the pruning schedule
         self.density: float = 1.0
         self.threshold: float = 0.0
+        self.min_density: float = 0.0  # threshold binarizers keep at least this fraction
         # set_mask bumps the counter; the packed pattern is rebuilt only when its key changes
         self._mask_version = 0
         self._packed: Optional[Tuple[tuple, packing.PackedPattern]] = None
+        self._packed_committed: Optional[Tuple[tuple, packing.PackedPattern]] = None
         self._values_cache: Optional[Tuple[tuple, Tensor]] = None
         self.last_path: Optional[str] = None
+        # False: the dense masked product while the scores train, even on a fixed committed pattern
+        self.sparse_with_trained_scores = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -233,8 +238,9 @@ class MaskedLinear(nn.Linear):
         if self.scores is None:
             return None
         fn = BINARIZERS[self.score_mode]
-        arg = self.density if self.score_mode == "topk" else self.threshold
-        return fn.apply(self.scores, arg)
+        if self.score_mode == "topk":
+            return fn.apply(self.scores, self.density)
+        return fn.apply(self.scores, self.threshold, self.min_density)
 
     def effective_mask(self) -> Tensor:
         """The (N, K) mask the forward pass applies (float when scores are trained)."""
@@ -257,7 +263,13 @@ class MaskedLinear(nn.Linear):
         key: tuple = (self._mask_version, _version(self.mask), self.mask.data_ptr(), self.block)
         if self.scores is not None:
             arg = self.density if self.score_mode == "topk" else self.threshold
-            key += (_version(self.scores), self.scores.data_ptr(), self.score_mode, float(arg))
+            key += (
+                _version(self.scores),
+                self.scores.data_ptr(),
+                self.score_mode,
+                float(arg),
+                self.min_density,
+            )
         return key
 
     def packed_pattern(self) -> packing.PackedPattern:
@@ -272,6 +284,17 @@ class MaskedLinear(nn.Linear):
             self._values_cache = None
         return self._packed[1]
 
+    def _scores_trained(self) -> bool:
+        return self.scores is not None and self.scores.requires_grad and torch.is_grad_enabled()
+
+    def _committed_pattern(self) -> packing.PackedPattern:
+        """The committed ``mask`` alone, packed (cached until it changes). While the scores
+        train, the effective mask changes every step but always lies inside it."""
+        key = (self._mask_version, _version(self.mask), self.mask.data_ptr(), self.block)
+        if self._packed_committed is None or self._packed_committed[0] != key:
+            self._packed_committed = (key, packing.pack_pattern(self.mask, self.block))
+        return self._packed_committed[1]
+
     def _mode(self, x: Optional[Tensor]) -> str:
         needs = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
         needs = needs or (x is not None and x.requires_grad)
@@ -282,8 +305,8 @@ class MaskedLinear(nn.Linear):
         sparse path, else the reason it computes the dense masked product."""
         if self.sparse_path == "never":
             return "sparse_path='never'"
-        if self.scores is not None and self.scores.requires_grad and torch.is_grad_enabled():
-            return "the scores are trained (the pattern changes every step)"
+        if self._scores_trained() and not self.sparse_with_trained_scores:
+            return "the scores are trained (sparse_with_trained_scores=False)"
         if torch.compiler.is_compiling():
             return "under torch.compile (export to SparseLinear to compile the sparse kernels)"
         if dtype != self.weight.dtype or torch.is_autocast_enabled(device.type):
@@ -297,7 +320,7 @@ class MaskedLinear(nn.Linear):
         limit = crossover_density(backend, self.block, mode)
         if limit <= 0.0:
             return f"no measured crossover for backend {backend!r}, layout {layout_name(self.block)}"
-        density = self.packed_pattern().density
+        density = (self._committed_pattern() if self._scores_trained() else self.packed_pattern()).density
         if density >= limit:
             return f"density {density:.3f} is not below the {backend} crossover {limit:.3f}"
         return None
@@ -309,6 +332,14 @@ class MaskedLinear(nn.Linear):
         return DENSE_PATH if reason is not None else f"sparse({layout_name(self.block)})"
 
     def _sparse_forward(self, x: Tensor) -> Tensor:
+        if self._scores_trained():
+            # the binarised scores are folded into the values gathered on the committed
+            # pattern: the kernels' sampled weight gradient then reaches both the weight and
+            # (straight through) the scores, exactly the dense masked gradients, which are
+            # zero outside the committed pattern anyway
+            pattern = self._committed_pattern()
+            w = self.weight * expand_block_mask(self.score_mask(), self.block).to(self.weight.dtype)
+            return sparse_linear(x, pattern.matrix(pattern.gather(w)), self.bias)
         pattern = self.packed_pattern()
         if torch.is_grad_enabled() and self.weight.requires_grad:
             values = pattern.gather(self.weight)
@@ -324,6 +355,7 @@ class MaskedLinear(nn.Linear):
     def _apply(self, fn, recurse=True):
         # .to()/.cuda()/.half() replace the tensors: drop what was packed from the old ones
         self._packed = None
+        self._packed_committed = None
         self._values_cache = None
         return super()._apply(fn, recurse)
 

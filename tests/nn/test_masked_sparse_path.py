@@ -141,19 +141,53 @@ def test_auto_uses_the_crossover_table(monkeypatch):
         MaskedLinear(8, 8, sparse_path="sometimes")
 
 
-def test_trained_scores_stay_dense_frozen_scores_go_sparse():
+@pytest.mark.parametrize(
+    "block, mode, arg",
+    [
+        ((1, 1), "sigmoid_threshold", 0.45),
+        ((16, 16), "sigmoid_threshold", 0.5),
+        ((1, 1), "topk", 0.3),
+        ((32, 32), "topk", 0.5),
+        ((16, 32), "threshold", 0.1),
+    ],
+)
+def test_trained_scores_run_sparse_with_the_dense_gradients(block, mode, arg):
+    """Movement layers while their scores train: the binarised scores are folded into the
+    values gathered on the committed pattern; output, dX, dW, db and the score gradient equal
+    the dense masked path's (float64 reference), on an odd batch."""
+    n, k = 64, 96
+    torch.manual_seed(3)
+    dense = MaskedLinear(k, n, block=block, scores=mode, sparse_path="never").double()
+    with torch.no_grad():
+        dense.scores.normal_()
+        dense.bias.normal_()
+    dense.set_mask(random_block_mask(n, k, block, 0.6), allow_regrow=True)  # committed pattern
+    sparse = MaskedLinear(k, n, block=block, scores=mode, sparse_path="always")
+    sparse.load_state_dict({k_: v.float() for k_, v in dense.state_dict().items()})
+    for m in (dense, sparse):
+        m.threshold = m.density = arg
+    x, gy = torch.randn(7, k, dtype=torch.float64), torch.randn(7, n, dtype=torch.float64)
+    ref = _fwd_bwd(dense, x, gy) + (dense.scores.grad,)
+    got = _fwd_bwd(sparse, x.float(), gy.float()) + (sparse.scores.grad,)
+    assert sparse.last_path == f"sparse({crossover.layout_name(block)})"
+    assert dense.last_path == "dense-masked"
+    for name, r, g in zip(("y", "dx", "dW", "db", "dscores"), ref, got):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4, msg=name)
+    assert torch.all(got[2][~dense.mask] == 0)  # nothing outside the committed pattern
+    assert float(ref[4].abs().sum()) > 0  # the scores do get a gradient
+
+
+def test_frozen_scores_go_sparse_on_the_effective_pattern():
     layer = MaskedLinear(64, 32, block=16, scores="topk", sparse_path="always")
     with torch.no_grad():
         layer.scores.normal_()
     layer.density = 0.5
     x = torch.randn(3, 64)
-    layer(x).sum().backward()
-    assert layer.last_path == "dense-masked" and layer.scores.grad is not None
-    y_dense = layer(x).detach()
+    y_trained = layer(x).detach()
     layer.scores.requires_grad_(False)
     y_sparse = layer(x)
     assert layer.last_path == "sparse(bsr16)"
-    torch.testing.assert_close(y_sparse, y_dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_sparse, y_trained, rtol=1e-5, atol=1e-5)
     assert layer.packed_pattern().density == pytest.approx(0.5)
     layer.density = 0.25  # a new top-k target changes the pattern
     assert layer.packed_pattern().density == pytest.approx(0.25)

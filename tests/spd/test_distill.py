@@ -94,7 +94,14 @@ def test_distillation_loss_weights():
 
     s, t = out(), out()
     labels = torch.tensor([0, 1, 1])
-    cfg = DistillConfig(temperature=2.0, alpha_ce=0.5, alpha_logit=2.0, alpha_hidden=3.0, alpha_attn=4.0)
+    cfg = DistillConfig(
+        temperature=2.0,
+        alpha_ce=0.5,
+        alpha_logit=2.0,
+        alpha_hidden=3.0,
+        alpha_attn=4.0,
+        layer_reduction="mean",
+    )
     total, parts = distillation_loss(s, t, labels, mask, cfg)
     want = (
         0.5 * task_loss(s.logits, labels, reduction="none")

@@ -11,7 +11,14 @@ from ..distributed import cleanup, init_distributed
 from ..grafting import GraftConfig
 from ..models import load_pretrained, load_tokenizer
 from ..pruning import PruningConfig
-from ..spd import PRUNE_METHODS, StageConfig, method_distill_defaults, prune_phases, spd_pruning_config
+from ..spd import (
+    PRUNE_METHODS,
+    StageConfig,
+    method_distill_defaults,
+    method_pruning_defaults,
+    prune_phases,
+    spd_pruning_config,
+)
 from ..trainer import TrainConfig, Trainer
 from ._common import (
     Timer,
@@ -78,7 +85,14 @@ def run(args) -> int:
         data_cfg, train_cfg = data_and_train_configs(args, file_cfg)
         stages = build_config(StageConfig, args, file_cfg, section="stages")
         pruning = spd_pruning_config(
-            build_config(PruningConfig, args, file_cfg, section="pruning", overrides={"method": "none"}),
+            build_config(
+                PruningConfig,
+                args,
+                file_cfg,
+                section="pruning",
+                defaults=method_pruning_defaults(method),
+                overrides={"method": "none"},
+            ),
             method,
         )
         distill = build_config(
