@@ -95,7 +95,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {list(RUNS)}")
     p.add_argument("--no-toggles", action="store_true", help="only the new and today variants")
-    p.add_argument("--quick", action="store_true", help="smoke run: 96 examples, finetune + spd only")
+    p.add_argument("--quick", action="store_true", help="smoke run: 160 examples, finetune + spd only")
     p.add_argument(
         "--workdir", default=None, help="where runs and the teacher cache go (default: a temp dir)"
     )
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     unknown = [r for r in runs if r not in RUNS]
     if unknown:
         raise SystemExit(f"unknown runs {unknown}; choose from {list(RUNS)}")
-    n_train = 96 if args.quick else args.train_samples
+    n_train = 160 if args.quick else args.train_samples
     work = args.workdir or tempfile.mkdtemp(prefix="spd-bench-training-")
     cache = os.path.join(work, "teacher-cache")
     data = [

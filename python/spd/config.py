@@ -63,7 +63,11 @@ def add_dataclass_arguments(
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = (lambda s, t=tp: None if s.lower() == "none" else t(s)) if optional else tp
+            # 'none' means None for optional numbers; string options keep it (e.g. --cache-dir none
+            # and --teacher-cache none mean "no disk cache", not "the default location")
+            kwargs["type"] = (
+                (lambda s, t=tp: None if s.lower() == "none" else t(s)) if optional and tp is not str else tp
+            )
             kwargs["metavar"] = tp.__name__.upper()
             if "choices" in f.metadata:
                 kwargs["choices"] = list(f.metadata["choices"])

@@ -176,3 +176,18 @@ def test_attention_maps_before_dropout_and_sdpa_equivalence():
         slow = m(input_ids=ids, attention_mask=am).logits
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     assert get_attention_implementation(m) == "eager"  # restored (the tiny model is built eager)
+
+
+def test_none_switches_off_the_disk_caches_on_the_command_line():
+    import argparse
+
+    from spd.config import add_dataclass_arguments, build_config
+    from spd.trainer import TrainConfig
+
+    p = argparse.ArgumentParser()
+    add_dataclass_arguments(p, TrainConfig)
+    add_dataclass_arguments(p, D.DataConfig)
+    args = p.parse_args(["--teacher-cache", "none", "--cache-dir", "none"])
+    assert build_config(TrainConfig, args).teacher_cache == "none"
+    assert build_config(D.DataConfig, args).cache_dir == "none"
+    assert build_config(TrainConfig, p.parse_args([])).teacher_cache is None  # the default location
