@@ -278,11 +278,17 @@ def save_model(model: nn.Module, tokenizer, path: str) -> None:
 
 
 def build_from_spec(config, spec: dict) -> nn.Module:
-    """An untrained model of ``config`` with the MaskedLinear layers ``spec`` describes."""
+    """A model of ``config`` with the MaskedLinear layers ``spec`` describes, its weights
+    left uninitialised: the caller loads every tensor (:func:`load_model` does, strictly)."""
     from transformers import AutoModelForSequenceClassification
 
     config._attn_implementation = "sdpa"
-    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    try:  # every weight is loaded next: skip the random initialisation (~2 s for MiniLM on CPU)
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     for name, s in spec.get("masked", {}).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

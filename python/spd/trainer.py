@@ -204,7 +204,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, score_lr: 
         {"params": groups["no_decay"], "lr": lr, "weight_decay": 0.0, "base_lr": lr},
         {"params": groups["scores"], "lr": score_lr, "weight_decay": 0.0, "base_lr": score_lr},
     ]
-    return torch.optim.AdamW([g for g in spec if g["params"]], lr=lr, foreach=False)
+    return torch.optim.AdamW([g for g in spec if g["params"]], lr=lr, foreach=True)
 
 
 class MetricsLog:

@@ -139,6 +139,7 @@ class MaskedLinear(nn.Linear):
         self._mask_version = 0
         self._packed: Optional[Tuple[tuple, packing.PackedPattern]] = None
         self._packed_committed: Optional[Tuple[tuple, packing.PackedPattern]] = None
+        self._density_cache: Optional[Tuple[tuple, float]] = None
         self._values_cache: Optional[Tuple[tuple, Tensor]] = None
         self.last_path: Optional[str] = None
         # False: the dense masked product while the scores train, even on a fixed committed pattern
@@ -287,6 +288,23 @@ class MaskedLinear(nn.Linear):
     def _scores_trained(self) -> bool:
         return self.scores is not None and self.scores.requires_grad and torch.is_grad_enabled()
 
+    def _pattern_density(self) -> float:
+        """Fraction of blocks the sparse path would store, from the mask alone (no packing:
+        a layer that stays dense never packs), cached until the pattern changes."""
+        trained = self._scores_trained()
+        key = (trained,) + (
+            (self._mask_version, _version(self.mask), self.mask.data_ptr())
+            if trained
+            else self._pattern_key()
+        )
+        if self._density_cache is None or self._density_cache[0] != key:
+            with torch.no_grad():
+                m = self.mask if trained else self.effective_mask()
+                m = m if m.dtype == torch.bool else m != 0
+                d = float(reduce_to_blocks(m, self.block, "any").float().mean()) if m.numel() else 0.0
+            self._density_cache = (key, d)
+        return self._density_cache[1]
+
     def _committed_pattern(self) -> packing.PackedPattern:
         """The committed ``mask`` alone, packed (cached until it changes). While the scores
         train, the effective mask changes every step but always lies inside it."""
@@ -320,7 +338,7 @@ class MaskedLinear(nn.Linear):
         limit = crossover_density(backend, self.block, mode)
         if limit <= 0.0:
             return f"no measured crossover for backend {backend!r}, layout {layout_name(self.block)}"
-        density = (self._committed_pattern() if self._scores_trained() else self.packed_pattern()).density
+        density = self._pattern_density()
         if density >= limit:
             return f"density {density:.3f} is not below the {backend} crossover {limit:.3f}"
         return None
@@ -356,6 +374,7 @@ class MaskedLinear(nn.Linear):
         # .to()/.cuda()/.half() replace the tensors: drop what was packed from the old ones
         self._packed = None
         self._packed_committed = None
+        self._density_cache = None
         self._values_cache = None
         return super()._apply(fn, recurse)
 
