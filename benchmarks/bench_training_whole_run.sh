@@ -20,7 +20,7 @@ run() {  # label code-dir args...
   t0=$(date +%s.%N)
   PYTHONPATH="$src:$src/python" "$PY" -m spd "$@" "${DATA[@]}" > "$WORK/$label.log" 2>&1
   t1=$(date +%s.%N)
-  echo "$label,$(echo "$t1 - $t0" | bc),$MACHINE,$(date -u +%FT%TZ),spd $*" | tee -a "$CSV"
+  printf "%s,%.1f,\"%s\",%s,\"spd %s\"\n" "$label" "$(echo "$t1 - $t0" | bc)" "$MACHINE" "$(date -u +%FT%TZ)" "$*" | tee -a "$CSV"
 }
 [ -f "$CSV" ] || echo "run,wall_s,machine,timestamp,command" > "$CSV"
 PYTHONPATH="$HERE:$HERE/python" "$PY" -m spd finetune --epochs 1 --output-dir "$WORK/teacher" "${DATA[@]}" > "$WORK/teacher.log" 2>&1

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=float, default=0.9, help="target sparsity of the encoder linears")
     p.add_argument("--granularity", default="block32", help="element, or blockN / blockNxM")
     p.add_argument(
-        "--max-train-samples", type=int, default=768, help="training examples used (0 = all 10246)"
+        "--max-train-samples", type=int, default=4096, help="training examples used (0 = all 10246)"
     )
     p.add_argument(
         "--max-eval-samples", type=int, default=640, help="validation/test examples used (0 = all 1281)"
@@ -38,11 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=48, help="tokens per sentence for training/eval")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
     p.add_argument("--teacher-epochs", type=int, default=2, help="stage 1 epochs (dense teacher)")
-    p.add_argument("--prune-epochs", type=int, default=3, help="stage 2 epochs (pruning + grafting)")
+    p.add_argument("--prune-epochs", type=int, default=2, help="stage 2 epochs (pruning + grafting)")
     p.add_argument("--final-epochs", type=int, default=1, help="stage 3 epochs (sparse distillation)")
     p.add_argument("--teacher-lr", type=float, default=1e-4, help="stage 1 learning rate")
-    p.add_argument("--prune-lr", type=float, default=1e-4, help="stage 2 learning rate")
-    p.add_argument("--final-lr", type=float, default=5e-5, help="stage 3 learning rate")
+    p.add_argument("--prune-lr", type=float, default=6e-4, help="stage 2 learning rate")
+    p.add_argument("--final-lr", type=float, default=3e-4, help="stage 3 learning rate")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument("--profile-batch", type=int, default=32, help="batch of the end-to-end timing")
@@ -82,6 +82,7 @@ def _plot_training(runs: Dict[str, str], path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     offset = 0
+    names = {"finetune": "1 teacher", "spd": "2 SPD: prune + graft", "distill": "3 distill sparse student"}
     for label, run in runs.items():
         rows = []
         with open(os.path.join(run, "metrics.jsonl")) as f:
@@ -91,11 +92,17 @@ def _plot_training(runs: Dict[str, str], path: str) -> None:
                     rows.append(r)
         if not rows:
             continue
-        steps = [offset + r["global_step"] for r in rows]
-        axes[0].plot(steps, [r["loss"] for r in rows], label=label)
-        axes[1].plot(steps, [r.get("sparsity", 0.0) for r in rows], label=label)
-        axes[2].plot(steps, [r.get("p", 1.0) for r in rows], label=label)
-        offset = steps[-1]
+        # one curve per training stage (the student run holds stages 2 and 3)
+        for phase in dict.fromkeys(r["phase"] for r in rows):
+            part = [r for r in rows if r["phase"] == phase]
+            steps = [offset + r["global_step"] for r in part]
+            name = names.get(phase, f"{label}: {phase}")
+            axes[0].plot(steps, [r["loss"] for r in part], label=name)
+            axes[1].plot(steps, [r.get("sparsity", 0.0) for r in part], label=name)
+            axes[2].plot(steps, [r.get("p", 1.0) for r in part], label=name)
+            for ax in axes:
+                ax.axvline(steps[0], color="grey", lw=0.5, ls=":")
+        offset += rows[-1]["global_step"]
     for ax, title in zip(
         axes, ("training loss", "sparsity of the encoder linears", "grafting probability p")
     ):

@@ -16,6 +16,7 @@ from ..spd import (
     StageConfig,
     method_distill_defaults,
     method_pruning_defaults,
+    method_stage_defaults,
     prune_phases,
     spd_pruning_config,
 )
@@ -83,7 +84,9 @@ def run(args) -> int:
             raise ValueError(f"method must be one of {PRUNE_METHODS}, got {method!r}")
         check_file_sections(file_cfg, SECTIONS)
         data_cfg, train_cfg = data_and_train_configs(args, file_cfg)
-        stages = build_config(StageConfig, args, file_cfg, section="stages")
+        stages = build_config(
+            StageConfig, args, file_cfg, section="stages", defaults=method_stage_defaults(method)
+        )
         pruning = spd_pruning_config(
             build_config(
                 PruningConfig,
