@@ -46,3 +46,26 @@ def test_table_refuses_an_empty_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [SCRIPT, str(tmp_path)])
     with pytest.raises(SystemExit, match="no \\*/results.json"):
         runpy.run_path(SCRIPT, run_name="__main__")
+
+
+def test_grid_in_parts_appends_to_the_csv_and_prints_from_it(tmp_path, capsys, monkeypatch):
+    part1, part2 = tmp_path / "a", tmp_path / "b"
+    part1.mkdir(), part2.mkdir()
+    _run(part1, "teacher", "dense", None, 1, 0.80)
+    _run(part1, "spd-element-s1", "spd", "element", 1, 0.70)
+    _run(part2, "spd-element-s2", "spd", "element", 2, 0.76)
+    _run(part2, "spd-element-s1", "spd", "element", 1, 0.72)  # a rerun replaces its row
+    out_csv = tmp_path / "acc.csv"
+    for part in (part1, part2):
+        monkeypatch.setattr(sys, "argv", [SCRIPT, str(part), "--csv", str(out_csv), "--append"])
+        with pytest.raises(SystemExit):
+            runpy.run_path(SCRIPT, run_name="__main__")
+    with open(out_csv) as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"teacher", "spd-element-s1", "spd-element-s2"}
+    assert float(rows["spd-element-s1"]["test"]) == 0.72
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [SCRIPT, "--from-csv", str(out_csv)])
+    with pytest.raises(SystemExit):
+        runpy.run_path(SCRIPT, run_name="__main__")
+    assert "| 0.7400 (0.7200, 0.7600) | 92.5 |" in capsys.readouterr().out
