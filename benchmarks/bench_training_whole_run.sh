@@ -10,7 +10,7 @@ BASE=${1:?usage: bench_training_whole_run.sh BASELINE_CHECKOUT [CSV]}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 CSV=${2:-$HERE/benchmarks/results/training_whole_run.csv}
 PY=${PYTHON:-$HERE/.venv/bin/python}
-WORK=$(mktemp -d)
+WORK=$(mktemp -d)  # paths under it are written as $WORK in the CSV
 export SPD_CACHE=$WORK/cache
 DATA=(--max-train-samples 1024 --max-eval-samples 256 --max-length 64 --batch-size 32 --threads 2 --seed 1 --no-progress)
 MACHINE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
@@ -20,7 +20,7 @@ run() {  # label code-dir args...
   t0=$(date +%s.%N)
   PYTHONPATH="$src:$src/python" "$PY" -m spd "$@" "${DATA[@]}" > "$WORK/$label.log" 2>&1
   t1=$(date +%s.%N)
-  printf "%s,%.1f,\"%s\",%s,\"spd %s\"\n" "$label" "$(echo "$t1 - $t0" | bc)" "$MACHINE" "$(date -u +%FT%TZ)" "$*" | tee -a "$CSV"
+  printf "%s,%.1f,\"%s\",%s,\"spd %s\"\n" "$label" "$(echo "$t1 - $t0" | bc)" "$MACHINE" "$(date -u +%FT%TZ)" "${*//$WORK/\$WORK}" | tee -a "$CSV"
 }
 [ -f "$CSV" ] || echo "run,wall_s,machine,timestamp,command" > "$CSV"
 PYTHONPATH="$HERE:$HERE/python" "$PY" -m spd finetune --epochs 1 --output-dir "$WORK/teacher" "${DATA[@]}" > "$WORK/teacher.log" 2>&1
