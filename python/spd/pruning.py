@@ -80,11 +80,14 @@ class PruningConfig:
         },
     )
     warmup_fraction: float = field(
-        default=0.1, metadata={"help": "fraction of the pruning phase kept dense before the cubic ramp"}
+        default=0.1,
+        metadata={"help": "fraction of the pruning phase kept dense before the cubic ramp (--method spd: 0)"},
     )
     cooldown_fraction: float = field(
         default=0.2,
-        metadata={"help": "fraction of the pruning phase at the final sparsity after the ramp"},
+        metadata={
+            "help": "fraction of the pruning phase at the final sparsity after the ramp (--method spd: 0)"
+        },
     )
     update_every: int = field(default=10, metadata={"help": "recompute the masks every this many steps"})
     mask_updates: int = field(
@@ -120,10 +123,14 @@ class PruningConfig:
         default=0.0, metadata={"help": "soft movement: sigmoid threshold at the start of the ramp"}
     )
     soft_threshold_final: float = field(
-        default=0.5, metadata={"help": "soft movement: sigmoid threshold at the end of the ramp"}
+        default=0.5,
+        metadata={"help": "soft movement: sigmoid threshold at the end of the ramp (method default 0.1)"},
     )
     soft_lambda: float = field(
-        default=10.0, metadata={"help": "soft movement: final weight of the L1 penalty on sigmoid(scores)"}
+        default=10.0,
+        metadata={
+            "help": "soft movement: final weight of the L1 penalty on sigmoid(scores) (method default 400)"
+        },
     )
 
     def __post_init__(self) -> None:

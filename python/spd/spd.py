@@ -55,11 +55,15 @@ class StageConfig:
     teacher_epochs: int = field(default=3, metadata={"help": "stage 1: epochs of teacher fine-tuning"})
     teacher_lr: float = field(default=5e-5, metadata={"help": "stage 1: peak learning rate"})
     prune_epochs: int = field(default=3, metadata={"help": "stage 2: epochs of pruning (cubic schedule)"})
-    prune_lr: float = field(default=5e-5, metadata={"help": "stage 2: peak learning rate"})
+    prune_lr: float = field(
+        default=5e-5, metadata={"help": "stage 2: peak learning rate (--method spd: 6.4e-4, the authors')"}
+    )
     final_epochs: int = field(
         default=1, metadata={"help": "stage 3: epochs at the final sparsity (fresh LR cycle)"}
     )
-    final_lr: float = field(default=3e-5, metadata={"help": "stage 3: peak learning rate"})
+    final_lr: float = field(
+        default=3e-5, metadata={"help": "stage 3: peak learning rate (--method spd: 3e-4)"}
+    )
     kd: bool = field(
         default=False,
         metadata={"help": "baselines: add logit distillation from the teacher (SPD always distils)"},
