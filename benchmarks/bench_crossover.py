@@ -45,19 +45,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def crossing(points):
-    """points: [(density, sparse_time / dense_time)] in rising density -> crossover density."""
-    last_win = None
-    for d, ratio in points:
-        if ratio >= 1.0:
-            if last_win is None:
-                return 0.0
-            d0, r0 = last_win
-            return round(d0 + (1.0 - r0) * (d - d0) / (ratio - r0), 4)
-        last_win = (d, ratio)
-    return 1.0 if last_win is not None else 0.0
-
-
 def format_table(table) -> str:
     """The table as Python source in the project's format (one backend/layout per line)."""
     lines = ["CROSSOVER = {"]
@@ -82,6 +69,7 @@ def main(argv=None) -> int:
 
     import spd_kernels as sk
     from spd_kernels.nn import MaskedLinear
+    from spd_kernels.nn.crossover import crossing
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -223,9 +223,7 @@ def markdown(rows, machine: str, command: str) -> str:
         lines.append(
             f"| {r['case']} | {r['variant']} | {r['s_per_step']:.3f} | {r['steps_per_s']:.2f} | "
             f"{r['tokens_per_s']:.0f} | {r['padding']:.1%} | {r['cache_hits']} | "
-            f"{x:.2f} |"
-            if x != ""
-            else "|"
+            + (f"{x:.2f} |" if x != "" else "- |")
         )
     return "\n".join(lines)
 

@@ -224,23 +224,11 @@ def summarize(rows: List[dict]) -> List[dict]:
     return out
 
 
-def crossing(points: List[Tuple[float, float]]) -> float:
-    """points: [(density, cuda time / dense time)] -> the density where the ratio crosses 1
-    (linear between the last density cuda wins and the first it loses; 1.0 if it always wins)."""
-    last_win = None
-    for d, ratio in sorted(points):
-        if ratio >= 1.0:
-            if last_win is None:
-                return 0.0
-            d0, r0 = last_win
-            return round(d0 + (1.0 - r0) * (d - d0) / (ratio - r0), 4)
-        last_win = (d, ratio)
-    return 1.0 if last_win is not None else 0.0
-
-
 def crossover(rows: List[dict], against: str = "reference") -> Dict[str, float]:
     """op -> density below which cuda beats ``against`` on the sweep shape, the minimum over
     every M and dtype measured (only ops with at least two densities)."""
+    from spd_kernels.nn.crossover import crossing
+
     model, layer = SWEEP_SHAPE[0], SWEEP_SHAPE[1]
     times: Dict[tuple, Dict[str, float]] = {}
     for r in rows:

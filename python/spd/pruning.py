@@ -233,14 +233,6 @@ class Pruner:
             return max(self.update_at)
         return max(self.total_steps - self.cooldown_steps - 1, 0)
 
-    @property
-    def update_steps(self) -> List[int]:
-        """The steps at which a mask update is due (fixed-count schedules; else every
-        ``update_every`` steps up to the ramp end)."""
-        if self.update_at:
-            return sorted(self.update_at)
-        return sorted(set(range(0, self.ramp_end + 1, self.config.update_every)) | {self.ramp_end})
-
     def target_sparsity(self, step: int) -> float:
         if self.update_at:
             done = [k for u, k in self.update_at.items() if u <= step]

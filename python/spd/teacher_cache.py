@@ -103,6 +103,12 @@ class TeacherCache:
         self.dtype = dtype
         self.batch_size = int(batch_size)
         self.lengths = split.lengths
+        # where example i starts in the flat hidden-state (tokens) and attention-map buffers
+        self._tok_off: List[int] = split.offsets.tolist()
+        per = int(teacher.config.num_hidden_layers) * int(teacher.config.num_attention_heads)
+        self._attn_off: List[int] = [0]
+        for n in self.lengths:
+            self._attn_off.append(self._attn_off[-1] + per * n * n)
         self.key = self._key()
         self.dir = os.path.join(self.root, self.key)
         self.hits = 0  # examples served from the cache
@@ -180,23 +186,6 @@ class TeacherCache:
         )
 
     # ------------------------------------------------------------------ build
-    @property
-    def _tok_off(self) -> List[int]:
-        return self.split.offsets.tolist()
-
-    @property
-    def _attn_off(self) -> List[int]:
-        if not hasattr(self, "_attn_off_cache"):
-            per = self._layers_heads()
-            off = [0]
-            for n in self.lengths:
-                off.append(off[-1] + per * n * n)
-            self._attn_off_cache = off
-        return self._attn_off_cache
-
-    def _layers_heads(self) -> int:
-        cfg = self.teacher.config
-        return int(cfg.num_hidden_layers) * int(cfg.num_attention_heads)
 
     @torch.no_grad()
     def compute(self, progress: bool = False) -> Dict[str, Tensor]:

@@ -576,16 +576,19 @@ class Trainer:
         order_seed = cfg.seed * 31 + phase_index
         train_lengths = train.lengths
         pad_tokens = all_tokens = real_tokens = 0
+        order_epoch = -1
         for step in range(start, total):
             epoch, in_epoch = divmod(step, spe)
-            order = epoch_order(
-                len(train),
-                order_seed,
-                epoch,
-                train_lengths if cfg.group_by_length else None,
-                cfg.batch_size,
-                cfg.group_window,
-            )
+            if epoch != order_epoch:  # a pure function of (seed, epoch, lengths): once an epoch
+                order_epoch = epoch
+                order = epoch_order(
+                    len(train),
+                    order_seed,
+                    epoch,
+                    train_lengths if cfg.group_by_length else None,
+                    cfg.batch_size,
+                    cfg.group_window,
+                )
             if pruner is not None:
                 pruner.update(step)
             choices = None

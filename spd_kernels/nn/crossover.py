@@ -42,4 +42,19 @@ def crossover_density(backend: str, block: Tuple[int, int], mode: str) -> float:
     return float(_crossover_table.CROSSOVER.get(backend, {}).get(layout_name(block), {}).get(mode, 0.0))
 
 
-__all__ = ["MODES", "crossover_density", "crossover_table", "layout_name"]
+__all__ = ["MODES", "crossing", "crossover_density", "crossover_table", "layout_name"]
+
+
+def crossing(points) -> float:
+    """points: [(density, sparse time / dense time)] -> the density where the ratio crosses 1
+    (linear between the last density where sparse wins and the first it loses; 1.0 if it
+    always wins, 0.0 if it never does)."""
+    last_win = None
+    for d, ratio in sorted(points):
+        if ratio >= 1.0:
+            if last_win is None:
+                return 0.0
+            d0, r0 = last_win
+            return round(d0 + (1.0 - r0) * (d - d0) / (ratio - r0), 4)
+        last_win = (d, ratio)
+    return 1.0 if last_win is not None else 0.0
