@@ -156,6 +156,7 @@ def profile_model(
     rounds: int = 1,
     tolerance: float = 1e-3,
     workdir: Optional[str] = None,
+    variants: Optional[Mapping[str, nn.Module]] = None,
     name: str = "model",
 ) -> List[Dict[str, object]]:
     """Time ``model`` against its dense twin run by the dense engines a user would pick.
@@ -171,7 +172,9 @@ def profile_model(
     checked against the dense twin in eager mode: an implementation off by more than
     ``tolerance`` (max abs) gets status ``error``. Rows are in the profiler's CSV schema; M is
     the number of tokens when the inputs hold ``input_ids``; sparsity is the zero fraction
-    over the linears the twin replaced.
+    over the linears the twin replaced. ``variants``: other pruned versions of the same dense
+    model (e.g. other layouts), timed in the same rounds as ``model`` and the dense engines,
+    each checked against its own dense twin; their rows' impl is ``spd_kernels/<key>``.
     """
     for op in ops:
         if op not in ("model_forward", "model_fwd_bwd"):
@@ -216,12 +219,16 @@ def profile_model(
         for op in ops:
             # (row, fn) of every implementation that can run; skipped ones go straight to rows
             cases: List[Tuple[Dict[str, object], Callable[[], object]]] = []
-            impls: List[Engine] = [Engine("spd_kernels", "spd_kernels", "model", _bench(model, inputs, op))]
-            if compile_sparse:
-                compiled = torch.compile(model, fullgraph=True)
-                impls.append(
-                    Engine("compiled", "spd_kernels_compiled", "model+inductor", _bench(compiled, inputs, op))
-                )
+            impls: List[Engine] = []
+            twins: Dict[str, nn.Module] = {}
+            for key, mod in (("", model), *(variants or {}).items()):
+                suffix = f"/{key}" if key else ""
+                impls.append(Engine(key, "spd_kernels" + suffix, "model", _bench(mod, inputs, op)))
+                if compile_sparse:
+                    compiled = _bench(torch.compile(mod, fullgraph=True), inputs, op)
+                    impls.append(Engine(key, f"spd_kernels_compiled{suffix}", "model+inductor", compiled))
+                if key:
+                    twins[key] = dense_twin(mod.eval())[0].eval()
             if op == "model_forward":
                 impls += dense_engines(twin, inputs, engines, threads=threads, workdir=workdir)
             else:  # training step: the torch engines of the twin
@@ -230,7 +237,7 @@ def profile_model(
                         mod = twin if eng == "eager" else torch.compile(twin)
                         backend = "aten" if eng == "eager" else "inductor"
                         impls.append(Engine(eng, IMPL_OF[eng], backend, _bench(mod, inputs, op)))
-            ref = None
+            refs: Dict[str, torch.Tensor] = {}
             for eng in impls:
                 row = new_row(op, eng.impl, eng.backend, eng.impl.startswith("spd_kernels"))
                 if eng.note:
@@ -247,9 +254,10 @@ def profile_model(
                     continue
                 if op == "model_forward":
                     out = first_float(out)
-                    if ref is None:
-                        ref = first_float(inference_fn(twin, inputs)())
-                    err = _max_error(out, ref)
+                    which = eng.name if eng.impl.startswith("spd_kernels") else ""
+                    if which not in refs:
+                        refs[which] = first_float(inference_fn(twins.get(which, twin), inputs)())
+                    err = _max_error(out, refs[which])
                     row["note"] = "; ".join(x for x in (row["note"], f"max abs diff vs dense {err:.1e}") if x)
                     if not err <= tolerance:
                         row.update(status="error", note=f"output differs from the dense twin by {err:.3e}")

@@ -159,6 +159,7 @@ def test_dense_twin_keeps_the_fused_activations():
         a, b = model(**inputs).last_hidden_state, twin(**inputs).last_hidden_state
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert linear_sparsity(twin, replaced) == pytest.approx(0.5, abs=0.02)
+    assert float(profile_model(model, inputs, engines=())[0]["sparsity"]) == pytest.approx(0.5, abs=0.02)
 
 
 def test_every_engine_runs_checks_and_compares():
@@ -170,6 +171,7 @@ def test_every_engine_runs_checks_and_compares():
         inputs,
         engines=("eager", "eager-attention", "compiled", "onnxruntime", "onnxruntime-fused"),
         compile_sparse=True,
+        variants={"csr": _exported_tiny_bert(block=(1, 1), density=0.3)},
         rounds=2,
         min_samples=2,
         warmup=1,
@@ -178,6 +180,8 @@ def test_every_engine_runs_checks_and_compares():
     assert impls == [
         "spd_kernels",
         "spd_kernels_compiled",
+        "spd_kernels/csr",
+        "spd_kernels_compiled/csr",
         "dense_eager",
         "dense_eager_attention",
         "dense_compiled",
