@@ -4,7 +4,7 @@ Modules: :mod:`spd.schedules` (cubic sparsity, grafting p, soft-movement τ/λ, 
 :mod:`spd.pruning` (magnitude / movement / soft movement on MaskedLinear), :mod:`spd.distill`
 (KD losses), :mod:`spd.grafting` (progressive module grafting), :mod:`spd.data` and
 :mod:`spd.metrics` (tasks, tokenisation cache, metrics), :mod:`spd.models` (loading, the
-MaskedLinear swap, saving), :mod:`spd.trainer` / :mod:`spd.spd` (the loop and the phases),
+MaskedLinear swap, saving), :mod:`spd.trainer` / :mod:`spd.methods` (the loop and each method as phases),
 :mod:`spd.checkpoint` (atomic, unpickle-free checkpoints), :mod:`spd.distributed`, and the
 ``spd`` command line (:mod:`spd.cli`).
 """

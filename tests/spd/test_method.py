@@ -11,8 +11,8 @@ from spd_tiny import save_tiny_model_dir, sentences, write_csv
 
 from spd.cli import main
 from spd.distill import DistillConfig, distillation_loss
+from spd.methods import method_distill_defaults, method_pruning_defaults
 from spd.pruning import Pruner, PruningConfig
-from spd.spd import method_distill_defaults, method_pruning_defaults
 from spd_kernels.nn import MaskedLinear
 
 

@@ -7,8 +7,8 @@ import argparse
 from ..config import check_file_sections
 from ..data import DataConfig
 from ..distributed import cleanup, init_distributed
+from ..methods import finetune_phases
 from ..models import load_tokenizer
-from ..spd import finetune_phases
 from ..trainer import TrainConfig, Trainer
 from ._common import (
     Timer,

@@ -9,9 +9,7 @@ from ..data import DataConfig
 from ..distill import DistillConfig
 from ..distributed import cleanup, init_distributed
 from ..grafting import GraftConfig
-from ..models import load_pretrained, load_tokenizer
-from ..pruning import PruningConfig
-from ..spd import (
+from ..methods import (
     PRUNE_METHODS,
     StageConfig,
     method_distill_defaults,
@@ -20,6 +18,8 @@ from ..spd import (
     prune_phases,
     spd_pruning_config,
 )
+from ..models import load_pretrained, load_tokenizer
+from ..pruning import PruningConfig
 from ..trainer import TrainConfig, Trainer
 from ._common import (
     Timer,

@@ -4,10 +4,11 @@ SPD (Huang et al. 2022), method ``spd``:
 
 1. ``teacher`` — fine-tune the dense model on the task (skipped when a fine-tuned teacher is
    given); the best validation model is the teacher.
-2. ``spd`` — a copy of the teacher is pruned by magnitude along the cubic schedule while each
-   encoder layer position runs the student's layer with probability ``p`` (else the
-   teacher's), ``p`` rising to 1; loss = hidden-state MSE + attention MSE + soft
-   cross-entropy on logits; its own learning-rate cycle.
+2. ``spd`` — a copy of the teacher is pruned by magnitude along the cubic schedule (12 mask
+   updates from the first step) while each encoder layer position runs the student's layer
+   with probability ``p`` (else the teacher's; 0.8 held constant, as the authors ran it);
+   loss = hidden-state MSE + attention MSE + soft cross-entropy on logits; its own
+   learning-rate cycle.
 3. ``distill`` — the fully sparse student (``p = 1``, masks fixed) is distilled with the same
    loss and a fresh learning-rate cycle.
 
