@@ -16,7 +16,7 @@ picks its backend at run time (:mod:`spd_kernels.backends`); each has a fake imp
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -62,8 +62,7 @@ def dds_t(
     """Forward: x (M, K), W (N, K) sparse -> (y (M, N), z (M, N) or empty)."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
     check_metadata(values, meta)
-    density = _density(values, row_offsets, col_offsets)
-    backend = choose_backend("dds_t", x.device, x.dtype, _block(values), density)
+    backend = _backend("dds_t", x, values, row_offsets, col_offsets)
     y, z = backend.dds_t(x, values, meta, bias, activation, save_preact)
     if not save_preact:
         z = x.new_empty(0)
@@ -105,9 +104,7 @@ def dds(
     """Input grad: dy (M, N), W (N, K) sparse -> dX (M, K) = dy · W."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
     check_metadata(values, meta)
-    density = _density(values, row_offsets, col_offsets)
-    backend = choose_backend("dds", dy.device, dy.dtype, _block(values), density)
-    return backend.dds(dy, values, meta)
+    return _backend("dds", dy, values, row_offsets, col_offsets).dds(dy, values, meta)
 
 
 @dds.register_fake
@@ -131,9 +128,7 @@ def sdd(
     """Weight grad: (dyᵀ · x) sampled at W's stored blocks -> shaped like ``values``."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
     check_metadata(values, meta)
-    density = _density(values, row_offsets, col_offsets)
-    backend = choose_backend("sdd", dy.device, dy.dtype, _block(values), density)
-    return backend.sdd(dy, x, values, meta)
+    return _backend("sdd", dy, values, row_offsets, col_offsets).sdd(dy, x, values, meta)
 
 
 @sdd.register_fake
@@ -174,29 +169,32 @@ def _backward(ctx, grad_y, grad_z):
 dds_t.register_autograd(_backward, setup_context=_setup_context)
 
 
-# --------------------------------------------------------------------------- inference fast path
-# An inference call (nothing needs a gradient, eager, plain tensors) skips the custom-op
-# dispatcher: the backend's forward is looked up once per (device, dtype, block, density, forced
-# backend) and called directly. The metadata check still runs (it is cached per metadata).
-_FORWARD_CACHE: Dict[tuple, str] = {}
+# --------------------------------------------------------------------------- dispatch cache
+# The backend of a call depends on (op, device, dtype, block, density, forced backend) only: it
+# is chosen once per such key and remembered (by name, so a re-registered backend is picked up).
+_DISPATCH_CACHE: Dict[tuple, str] = {}
 
 
 def clear_dispatch_cache() -> None:
-    """Forget the cached backend decisions of the inference fast path (after changing what a
-    backend supports, e.g. in tests)."""
-    _FORWARD_CACHE.clear()
+    """Forget the remembered backend decisions (after changing what a backend supports, e.g. in
+    tests)."""
+    _DISPATCH_CACHE.clear()
 
 
-def _cached_forward(x: Tensor, values: Tensor, meta: Tuple[Tensor, ...]) -> Callable:
-    density = _density(values, meta[0], meta[3])
-    key = (x.device, x.dtype, _block(values), density, forced_backend())
-    backend = BACKENDS.get(_FORWARD_CACHE.get(key, ""))
+def _backend(op: str, t: Tensor, values: Tensor, row_offsets: Tensor, col_offsets: Tensor):
+    density = _density(values, row_offsets, col_offsets)
+    key = (op, t.device, t.dtype, _block(values), density, forced_backend())
+    backend = BACKENDS.get(_DISPATCH_CACHE.get(key, ""))
     if backend is None:
-        backend = choose_backend("dds_t", x.device, x.dtype, key[2], density)
-        _FORWARD_CACHE[key] = backend.name
-    return backend.dds_t
+        backend = choose_backend(op, t.device, t.dtype, key[3], density)
+        _DISPATCH_CACHE[key] = backend.name
+    return backend
 
 
+# --------------------------------------------------------------------------- inference fast path
+# An inference call (nothing needs a gradient, eager, plain tensors) skips the custom-op
+# dispatcher and calls the backend's forward directly. The metadata check still runs (it is
+# cached per metadata).
 def _needs_grad(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and (
         x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
@@ -217,7 +215,9 @@ def linear_forward(
     differentiable custom op otherwise."""
     if _fast_path_ok(x2, values, bias):
         check_metadata(values, meta)
-        return _cached_forward(x2, values, meta)(x2, values, meta, bias, activation, False)[0]
+        return _backend("dds_t", x2, values, meta[0], meta[3]).dds_t(
+            x2, values, meta, bias, activation, False
+        )[0]
     save_preact = activation in NEEDS_PREACT and _needs_grad(x2, values, bias)
     return dds_t(x2, values, *meta, bias, activation, save_preact)[0]
 

@@ -25,7 +25,11 @@ def _private_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def seed():
-    """Every test starts from the same seeds."""
+    """Every test starts from the same seeds and no remembered backend decision (tests swap and
+    patch backends)."""
+    from spd_kernels.ops import clear_dispatch_cache
+
+    clear_dispatch_cache()
     random.seed(0)
     torch.manual_seed(0)
     yield 0

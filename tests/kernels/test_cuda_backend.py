@@ -100,7 +100,10 @@ def test_ops_pass_the_density_to_the_chooser(monkeypatch):
     seen = []
     original = ops.choose_backend
     monkeypatch.setattr(ops, "choose_backend", lambda *a: seen.append(a) or original(*a))
+    ops.clear_dispatch_cache()  # decisions are remembered per (op, device, dtype, block, density)
     W, _ = random_sparse(64, 96, (32, 32), 0.5)  # 3 of 6 blocks
     x = torch.randn(3, 96, requires_grad=True)
     sk.sparse_linear(x, W).sum().backward()
     assert [(a[0], a[4]) for a in seen] == [("dds_t", 0.5), ("dds", 0.5)]
+    sk.sparse_linear(x, W).sum().backward()  # the same call again: no new decision
+    assert len(seen) == 2
