@@ -30,8 +30,8 @@ def runs(tmp_path_factory):
     assert main([*ft, *data]) == 0
     for method in ("spd", "movement"):  # spd runs its own stage 1 (teacher/); movement has scores
         assert main(["prune", "--method", method, "--model", str(d / "model"), "--sparsity", str(SPARSITY),
-                     "--teacher-epochs", "1", "--prune-epochs", "2", "--final-epochs", "1", "--update-every", "1",
-                     "--output-dir", str(d / method), *data]) == 0  # fmt: skip
+                     "--teacher-epochs", "1", "--prune-epochs", "2", "--final-epochs", "1",
+                     "--update-every", "1", "--output-dir", str(d / method), *data]) == 0  # fmt: skip
     assert main(["export", str(d / "spd"), "--which", "final", "--output-dir", str(d / "exported")]) == 0
     return d
 
