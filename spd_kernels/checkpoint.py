@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import hashlib
 import json
 import os
@@ -155,6 +156,17 @@ def _fsync(path: Path) -> None:
 MARKERS = ("spd_sparsity.json", "spd_pruned.json", "spd_model.json")
 
 
+def _recover(path: Path) -> None:
+    """A save killed between its two renames (old directory aside, new one not yet in place)
+    leaves the previous save as ``.<name>.old-*``: put it back. Leftover backups of finished
+    saves go."""
+    olds = sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not path.exists():
+        os.rename(olds.pop(), path)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _atomic_directory(path: PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces ``path``, on error it goes.
@@ -163,6 +175,7 @@ def _atomic_directory(path: PathLike) -> Iterator[Path]:
     directory this package wrote), so a save never deletes unrelated files.
     """
     path = Path(path)
+    _recover(path)
     if path.exists():
         if not path.is_dir():
             raise FileExistsError(f"{path} exists and is not a directory")
@@ -473,6 +486,7 @@ def load_pruned(directory: PathLike, model: Optional[nn.Module] = None, *, verif
     builds. Raises ``ValueError`` for a corrupted file or another architecture.
     """
     directory = Path(directory)
+    _recover(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory")
     if (directory / MANIFEST).is_file():

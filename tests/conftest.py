@@ -3,11 +3,17 @@
 import os
 import random
 import shutil
+import sys
 
 import pytest
 import torch
 
-# tests/ is on sys.path (rootdir conftest), so `import helpers` works from every test module.
+# tests/ is on sys.path (rootdir conftest), so `import helpers` works from every test module; the
+# tiny fixtures of tests/nn and tests/spd are importable from every folder too.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _sub in ("nn", "spd"):
+    if os.path.join(_HERE, _sub) not in sys.path:
+        sys.path.append(os.path.join(_HERE, _sub))
 
 
 def pytest_configure(config):
