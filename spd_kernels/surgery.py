@@ -341,7 +341,14 @@ def export(model: nn.Module, *, fuse_activations: bool = True) -> nn.Module:
     ``intermediate.dense`` + ``intermediate_act_fn``, DistilBERT ``ffn.lin1`` + ``activation``)
     become one ``SparseLinear(activation=...)``; the activation module is replaced by a
     :class:`FusedActivation` (the identity). Activations without a kernel epilogue stay.
+    Raises ``ValueError`` for a model with no sparse layer (nothing would be packed).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not any(isinstance(m, (MaskedLinear, SparseLinear)) for m in model.modules()):
+        raise ValueError(
+            f"{type(model).__name__} has no MaskedLinear layer to pack: sparsify (or prune) it first"
+        )
     for name, m in list(model.named_modules()):
         if isinstance(m, MaskedLinear):
             packed = SparseLinear.from_masked(m)

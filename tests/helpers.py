@@ -106,3 +106,23 @@ METADATA_CASES = [
     "strided_indices",
     "short_perm",
 ]
+
+
+# ---------------------------------------------------------------------- bad-input census
+def census(cases):
+    """``pytest.mark.parametrize`` over a census table: rows ``(what, call, error type, message
+    fragment)``, the id being ``what``. Use with :func:`assert_clear_error`."""
+    import pytest
+
+    return pytest.mark.parametrize("call, error, fragment", [c[1:] for c in cases], ids=[c[0] for c in cases])
+
+
+def assert_clear_error(call, error, fragment: str) -> None:
+    """``call()`` raises exactly ``error`` (not a subclass standing in for it, e.g. a NoBackendError
+    for a ValueError) whose message contains ``fragment``."""
+    import pytest
+
+    with pytest.raises(Exception) as info:
+        call()
+    assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
+    assert fragment in str(info.value), str(info.value)
