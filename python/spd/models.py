@@ -51,10 +51,34 @@ def embedded_model_path() -> str:
 
 
 def resolve_model_path(name_or_path: str) -> str:
+    """The embedded model's directory for ``'embedded'``; a local path as is (``FileNotFoundError``
+    when it names no directory, rather than a hub lookup of a path); else a hub name."""
     if name_or_path == EMBEDDED_MODEL:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local files only: never ask the hub
         return embedded_model_path()
-    return name_or_path
+    looks_local = name_or_path.startswith((".", "~", os.sep)) or name_or_path.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"model {name_or_path}: no such directory")
+    return os.path.expanduser(name_or_path) if looks_local else name_or_path
+
+
+def check_block_fits(name_or_path: str, block) -> None:
+    """Refuse, before any training, a mask block that does not divide the model's linears
+    (hidden and FFN sizes read from its config.json)."""
+    from transformers import AutoConfig
+
+    bm, bk = block
+    path = resolve_model_path(name_or_path)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        return  # an older packed directory: its own loader reports what is wrong
+    cfg = AutoConfig.from_pretrained(path)
+    for key in ("hidden_size", "dim", "intermediate_size", "hidden_dim"):
+        size = getattr(cfg, key, None)
+        if isinstance(size, int) and (size % bm or size % bk):
+            raise ValueError(
+                f"mask block {bm}x{bk} does not divide {key}={size} of {name_or_path}: "
+                "choose a --granularity whose sides divide the layer sizes"
+            )
 
 
 def _model_type(model: nn.Module) -> str:
