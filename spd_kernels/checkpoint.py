@@ -542,7 +542,7 @@ def _load_hf(directory: Path, verify: bool) -> nn.Module:
     cls = getattr(transformers, str(arch), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ValueError(f"{origin}: architecture {arch!r} is not a transformers model class")
-    model = cls.from_pretrained(str(directory)).eval()
+    model = cls.from_pretrained(str(directory), use_safetensors=True).eval()  # never a pickle
     try:
         tensors = load_file(str(directory / HF_MASKS))
     except SafetensorError as exc:

@@ -256,13 +256,32 @@ def load_pretrained(
     path = resolve_model_path(name_or_path)
     if is_saved_model(path):
         return load_model(path)
-    kwargs = {"num_labels": num_labels, "attn_implementation": "sdpa"}
+    refuse_pickle_only(path)
+    # safetensors only: a pytorch_model.bin (a pickle) is never read
+    kwargs = {"num_labels": num_labels, "attn_implementation": "sdpa", "use_safetensors": True}
     if problem_type:
         kwargs["problem_type"] = problem_type
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     tok = AutoTokenizer.from_pretrained(path)
     _model_type(model)
     return model, tok
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def refuse_pickle_only(path: str) -> None:
+    """A local model directory whose weights exist only as pickles is refused with a message
+    that says how to convert them (nothing here unpickles a user's file)."""
+    if not os.path.isdir(path) or any(f.endswith(".safetensors") for f in os.listdir(path)):
+        return
+    pickles = sorted(f for f in os.listdir(path) if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ValueError(
+            f"{path} holds its weights only as pickle files {pickles}; spd reads safetensors only and "
+            "never unpickles a file: convert them where you trust the file, e.g. "
+            "`AutoModel.from_pretrained(path).save_pretrained(path)` (transformers writes safetensors)"
+        )
 
 
 def load_tokenizer(name_or_path: str):
