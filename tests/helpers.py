@@ -126,3 +126,26 @@ def assert_clear_error(call, error, fragment: str) -> None:
         call()
     assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
     assert fragment in str(info.value), str(info.value)
+
+
+# ---------------------------------------------------------------------- fault injection
+def sigkill_when(cmd, env, ready, after: float = 0.0, timeout: float = 240.0, **popen) -> None:
+    """Start ``cmd``, wait until ``ready()`` holds (failing if the process ends first), sleep
+    ``after`` seconds, SIGKILL it and check that the kill is what ended it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, **popen)
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None, f"{cmd[:3]}... ended before it could be killed"
+            assert time.time() < deadline, f"{cmd[:3]}... never got ready"
+            time.sleep(0.01)
+        time.sleep(after)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL

@@ -2,16 +2,14 @@
 one loadable (and verified), and a refused load touches no weight."""
 
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from tiny_models import out, tiny_model, token_ids
 
 import spd_kernels as sk
+from helpers import sigkill_when
 from spd.checkpoint import check_fingerprint, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,17 +50,7 @@ def _kill_while_writing(code, target, tmp_path, delay, *args):
     )
     ready = tmp_path / "ready"
     ready.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target), str(ready), *args], env=env)
-    try:
-        deadline = time.time() + 120
-        while not ready.exists():
-            assert proc.poll() is None and time.time() < deadline, "the writer died before its first save"
-            time.sleep(0.01)
-        time.sleep(delay)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when([sys.executable, "-c", code, str(target), str(ready), *args], env, ready.exists, delay, 120)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.13, 0.37])

@@ -3,16 +3,15 @@ bitwise equal to an uninterrupted one."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from spd_tiny import save_tiny_model_dir, sentences, write_csv
 
+from helpers import sigkill_when
 from spd.checkpoint import load_checkpoint
 from spd.cli import main
 
@@ -74,15 +73,8 @@ def _strip_times(path):
 def _kill_after(d, out, steps):
     """Run (or resume) into ``out``, SIGKILL it once ``steps`` steps are logged; the state of
     the checkpoint it left."""
-    proc = subprocess.Popen(_cmd(d, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while _steps_logged(out / "metrics.jsonl") < steps:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    ready = lambda: _steps_logged(out / "metrics.jsonl") >= steps  # noqa: E731
+    sigkill_when(_cmd(d, out), _env(), ready, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return load_checkpoint(str(out / "checkpoint-last.safetensors"))[0]
 
 
