@@ -13,9 +13,9 @@ CSRC := $(shell find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-$(VENV)/.deps: requirements/constraints.txt requirements/base.txt requirements/dev.txt requirements/embedded.txt
+$(VENV)/.deps: requirements/constraints.txt requirements/base.txt requirements/dev.txt requirements/embedded.txt requirements/bench.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c requirements/constraints.txt -r requirements/base.txt -r requirements/dev.txt
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/base.txt -r requirements/dev.txt -r requirements/bench.txt
 	$(PIP) install -q --no-deps -r requirements/embedded.txt
 	touch $@
 

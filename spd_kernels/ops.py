@@ -16,13 +16,13 @@ picks its backend at run time (:mod:`spd_kernels.backends`); each has a fake imp
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .activations import NEEDS_PREACT, activation_backward, check_activation
-from .backends import choose_backend, forced_backend, use_backend
+from .backends import BACKENDS, choose_backend, forced_backend, use_backend
 from .formats import SparseMatrix, check_metadata
 
 
@@ -208,6 +208,54 @@ def _backward(ctx, grad_y, grad_z):
 dds_t.register_autograd(_backward, setup_context=_setup_context)
 
 
+# --------------------------------------------------------------------------- inference fast path
+# An inference call (nothing needs a gradient, eager, plain tensors) skips the custom-op
+# dispatcher: the backend's forward is looked up once per (device, dtype, block, density, forced
+# backend) and called directly. The metadata check still runs (it is cached per metadata).
+_FORWARD_CACHE: Dict[tuple, str] = {}
+
+
+def clear_dispatch_cache() -> None:
+    """Forget the cached backend decisions of the inference fast path (after changing what a
+    backend supports, e.g. in tests)."""
+    _FORWARD_CACHE.clear()
+
+
+def _cached_forward(x: Tensor, values: Tensor, meta: Tuple[Tensor, ...]) -> Callable:
+    density = _density(values, meta[0], meta[3])
+    key = (x.device, x.dtype, _block(values), density, forced_backend())
+    backend = BACKENDS.get(_FORWARD_CACHE.get(key, ""))
+    if backend is None:
+        backend = choose_backend("dds_t", x.device, x.dtype, key[2], density)
+        _FORWARD_CACHE[key] = backend.name
+    return backend.dds_t
+
+
+def _needs_grad(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and (
+        x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
+    )
+
+
+def _fast_path_ok(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> bool:
+    if type(x) is not Tensor or type(values) not in (Tensor, torch.nn.Parameter):
+        return False  # subclasses: fake / functional tensors of a tracer
+    return not torch.compiler.is_compiling() and not _needs_grad(x, values, bias)
+
+
+def linear_forward(
+    x2: Tensor, values: Tensor, meta: Tuple[Tensor, ...], bias: Optional[Tensor], activation: str
+) -> Tensor:
+    """``act(x2 · Wᵀ + b)`` for 2-D ``x2`` (checked by the caller) and a weight given as its values
+    and the six metadata arrays: the backend directly when no gradient is needed, the
+    differentiable custom op otherwise."""
+    if _fast_path_ok(x2, values, bias):
+        check_metadata(values, meta)
+        return _cached_forward(x2, values, meta)(x2, values, meta, bias, activation, False)[0]
+    save_preact = activation in NEEDS_PREACT and _needs_grad(x2, values, bias)
+    return dds_t(x2, values, *meta, bias, activation, save_preact)[0]
+
+
 # --------------------------------------------------------------------------- public API
 def _check_dense(t: Tensor, name: str, weight: SparseMatrix, dim: int) -> None:
     """``t`` is a floating (..., W.shape[dim]) tensor on the weight's device and dtype."""
@@ -262,12 +310,7 @@ def sparse_linear(
     activation = check_activation(activation)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, weight.shape[1])
-    save_preact = (
-        activation in NEEDS_PREACT
-        and torch.is_grad_enabled()
-        and (x.requires_grad or weight.values.requires_grad or (bias is not None and bias.requires_grad))
-    )
-    y, _ = dds_t(x2, weight.values, *weight.metadata(), bias, activation, save_preact)
+    y = linear_forward(x2, weight.values, weight.metadata(), bias, activation)
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -294,4 +337,12 @@ def sparse_weight_grad(dy: Tensor, x: Tensor, weight: SparseMatrix) -> Tensor:
     )
 
 
-__all__: List[str] = ["dds_t", "dds", "sdd", "sparse_linear", "sparse_input_grad", "sparse_weight_grad"]
+__all__: List[str] = [
+    "clear_dispatch_cache",
+    "dds_t",
+    "dds",
+    "sdd",
+    "sparse_linear",
+    "sparse_input_grad",
+    "sparse_weight_grad",
+]

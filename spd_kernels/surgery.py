@@ -334,21 +334,29 @@ def activation_name(module: nn.Module) -> Optional[str]:
     return None
 
 
-def export(model: nn.Module, *, fuse_activations: bool = True) -> nn.Module:
+def export(model: nn.Module, *, fuse_activations: bool = True, attention: str = "sdpa") -> nn.Module:
     """Pack every :class:`MaskedLinear` of ``model`` into a :class:`SparseLinear` (in place).
 
     With ``fuse_activations`` the FFN's first linear and its activation (BERT/RoBERTa
     ``intermediate.dense`` + ``intermediate_act_fn``, DistilBERT ``ffn.lin1`` + ``activation``)
     become one ``SparseLinear(activation=...)``; the activation module is replaced by a
     :class:`FusedActivation` (the identity). Activations without a kernel epilogue stay.
+
+    ``attention="sdpa"`` switches a Hugging Face model that runs another attention
+    (eager, or the map-returning variant used while distilling attention) to
+    ``scaled_dot_product_attention``, the fast one for inference; ``"keep"`` leaves it.
     Raises ``ValueError`` for a model with no sparse layer (nothing would be packed).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if attention not in ("sdpa", "keep"):
+        raise ValueError(f"attention must be 'sdpa' or 'keep', got {attention!r}")
     if not any(isinstance(m, (MaskedLinear, SparseLinear)) for m in model.modules()):
         raise ValueError(
             f"{type(model).__name__} has no MaskedLinear layer to pack: sparsify (or prune) it first"
         )
+    if attention == "sdpa":
+        use_sdpa_attention(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, MaskedLinear):
             packed = SparseLinear.from_masked(m)
@@ -371,6 +379,21 @@ def export(model: nn.Module, *, fuse_activations: bool = True) -> nn.Module:
                 lin.activation = act_name
                 setattr(parent, rule.activation, FusedActivation(act, act_name))
     return model
+
+
+def use_sdpa_attention(model: nn.Module) -> bool:
+    """Switch a Hugging Face model to SDPA attention when it supports it; returns whether the
+    model now runs SDPA (False for models without a config or without SDPA support)."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current is None:
+        return False
+    if current != "sdpa" and callable(getattr(model, "set_attn_implementation", None)):
+        try:
+            model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError):  # this architecture has no SDPA path: keep its own
+            return False
+    return getattr(model.config, "_attn_implementation", None) == "sdpa"
 
 
 def sparse_layers(model: nn.Module) -> Dict[str, nn.Module]:
@@ -411,4 +434,5 @@ __all__ = [
     "sparsify",
     "sparsity_config",
     "target_patterns",
+    "use_sdpa_attention",
 ]

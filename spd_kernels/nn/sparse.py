@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..activations import check_activation
 from ..formats import INDEX_DTYPE, SparseMatrix, _check_block, _check_divisible
-from ..ops import sparse_linear
+from ..ops import linear_forward, sparse_linear
 from .crossover import layout_name
 from .masked import MaskedLinear
 
@@ -183,7 +183,16 @@ class SparseLinear(nn.Module):
         return layout_name(self.block)
 
     def forward(self, x: Tensor) -> Tensor:
-        return sparse_linear(x, self.weight, self.bias, self.activation)
+        values, bias = self._parameters["values"], self._parameters["bias"]
+        if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[-1] == self.in_features:
+            if x.dtype == values.dtype and x.device == values.device:
+                # the hot path (one linear of a model): the checks sparse_linear makes, inline
+                b = self._buffers
+                meta = tuple(b[name] for name in _META_NAMES)
+                x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+                y = linear_forward(x2, values, meta, bias, self.activation)
+                return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+        return sparse_linear(x, self.weight, bias, self.activation)  # checks and says what is wrong
 
     def storage_bytes(self) -> dict:
         """Bytes of the packed values, of the saved index arrays (row offsets + column

@@ -157,6 +157,42 @@ def time_callable(
     return _time_cpu(fn, int(warmup), float(min_run_time), int(min_samples), threads)
 
 
+def time_interleaved(
+    fns: Dict[str, Callable[[], object]],
+    *,
+    rounds: int = 5,
+    calls: int = 2,
+    warmup: int = 1,
+    threads: Optional[int] = None,
+) -> Dict[str, Timing]:
+    """Time several slow callables (a model call: milliseconds or more) side by side on a CPU.
+
+    After ``warmup`` untimed calls of each, ``rounds`` rounds each run every callable ``calls``
+    times in turn, one wall-clock sample per call: a slow drift of the machine (another job,
+    frequency, memory) spreads over all of them instead of favouring whichever ran first.
+    """
+    _check_args(warmup, 1.0, rounds)
+    if int(calls) < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+    import time
+
+    samples: Dict[str, list] = {k: [] for k in fns}
+    with torch_threads(threads):
+        for fn in fns.values():
+            for _ in range(int(warmup)):
+                fn()
+        for _ in range(int(rounds)):
+            for key, fn in fns.items():
+                for _ in range(int(calls)):
+                    t0 = time.perf_counter()
+                    fn()
+                    samples[key].append(time.perf_counter() - t0)
+    return {
+        k: Timing(*percentiles(v), samples=len(v), method=f"interleaved wall clock, {rounds} rounds")
+        for k, v in samples.items()
+    }
+
+
 def device_name(device: torch.device | str) -> str:
     """A human name for the device the timings ran on (CPU model, or the GPU's name)."""
     device = torch.device(device)

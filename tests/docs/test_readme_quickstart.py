@@ -22,8 +22,8 @@ def test_quickstart_runs_and_prints_a_density_near_one_tenth():
     with contextlib.redirect_stdout(out):
         exec(compile(quickstart_code(), "README.md#quickstart", "exec"), scope)
     printed = out.getvalue()
-    density = float(re.search(r"density=([0-9.]+)", printed).group(1))
+    density = float(re.search(r"density[= ]([0-9.]+)", printed).group(1))
     assert 0.07 <= density <= 0.13, printed
     W = scope["W"]
-    assert W.layout == "bsr" and tuple(W.block) == (32, 32) and abs(W.density - density) < 1e-4
+    assert W.layout == "bsr" and tuple(W.block) == (32, 32) and abs(W.density - density) < 0.006  # as printed
     assert scope["y"].shape == (8, 128, 3072) and scope["x"].grad is not None

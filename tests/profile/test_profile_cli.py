@@ -1,5 +1,6 @@
 """`spd profile` from the command line: help, bad values, a tiny end-to-end run."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -92,14 +93,35 @@ def test_profile_a_saved_pruned_model(tmp_path):
             "--warmup",
             "0",
             "--no-compile",
+            "--engines",
+            "eager",
+            "eager-attention",
+            "onnxruntime-fused",
+            "--compile",
+            "--rounds",
+            "2",
             "--no-progress",
             "--out",
             str(out),
         ]
     )
     assert rc == 0
-    text = (out / "model.csv").read_text()
-    assert "model_forward" in text and "spd_kernels" in text
+    from spd_kernels.profiling.report import read_csv
+
+    rows = {r["impl"]: r for r in read_csv(str(out / "model.csv"))}
+    want = {
+        "spd_kernels",
+        "spd_kernels_compiled",
+        "dense_eager",
+        "dense_eager_attention",
+        "onnxruntime_fused",
+    }
+    assert set(rows) == want
+    ok = "ok" if importlib.util.find_spec("onnxruntime") else "skipped"
+    assert rows.pop("onnxruntime_fused")["status"] == ok
+    assert all(r["status"] == "ok" and float(r["speedup_vs_best_dense"]) > 0 for r in rows.values())
+    md = (out / "model.md").read_text()
+    assert "--engines eager eager-attention onnxruntime-fused --rounds 2" in md and "--compile" in md
 
 
 def test_tiny_end_to_end_run(tmp_path):

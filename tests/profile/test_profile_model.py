@@ -130,3 +130,100 @@ def test_loader_reads_a_saved_pruned_model(tmp_path):
         torch.testing.assert_close(loaded(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
     rows = profile_model(loaded, inputs, compile=False, warmup=0, min_run_time=0.005, min_samples=2)
     assert all(r["status"] == "ok" for r in rows)
+
+
+def _exported_tiny_bert(block=(16, 16), density=0.5):
+    """A tiny BERT sparsified, pruned by magnitude and exported (GELU fused into the FFN)."""
+    model = _tiny_bert()
+    model.set_attn_implementation("eager")
+    sk.sparsify(model, block=block)
+    for layer in sk.surgery.sparse_layers(model).values():
+        layer.prune_magnitude(density)
+    with torch.no_grad():
+        for layer in sk.surgery.sparse_layers(model).values():
+            layer.bias.normal_()  # nonzero biases: a dropped bias or activation would show
+    sk.export(model)
+    return model
+
+
+def test_dense_twin_keeps_the_fused_activations():
+    """The exported model runs GELU in the FFN's epilogue; its twin must run it too."""
+    model = _exported_tiny_bert()
+    assert any(isinstance(m, sk.nn.FusedActivation) for m in model.modules())
+    assert model.config._attn_implementation == "sdpa"  # export switched the attention
+    twin, replaced = dense_twin(model)
+    assert len(replaced) == 6
+    assert not any(isinstance(m, (sk.nn.FusedActivation, sk.SparseLinear)) for m in twin.modules())
+    inputs = example_inputs(model, batch=2, seq_len=8)
+    with torch.no_grad():
+        a, b = model(**inputs).last_hidden_state, twin(**inputs).last_hidden_state
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert linear_sparsity(twin, replaced) == pytest.approx(0.5, abs=0.02)
+    assert float(profile_model(model, inputs, engines=())[0]["sparsity"]) == pytest.approx(0.5, abs=0.02)
+
+
+def test_every_engine_runs_checks_and_compares():
+    pytest.importorskip("onnxruntime")
+    model = _exported_tiny_bert()
+    inputs = example_inputs(model, batch=2, seq_len=8)
+    rows = profile_model(
+        model,
+        inputs,
+        engines=("eager", "eager-attention", "compiled", "onnxruntime", "onnxruntime-fused"),
+        compile_sparse=True,
+        variants={"csr": _exported_tiny_bert(block=(1, 1), density=0.3)},
+        rounds=2,
+        min_samples=2,
+        warmup=1,
+    )
+    impls = [r["impl"] for r in rows]
+    assert impls == [
+        "spd_kernels",
+        "spd_kernels_compiled",
+        "spd_kernels/csr",
+        "spd_kernels_compiled/csr",
+        "dense_eager",
+        "dense_eager_attention",
+        "dense_compiled",
+        "onnxruntime",
+        "onnxruntime_fused",
+    ]
+    assert all(r["status"] == "ok" and int(r["samples"]) == 2 for r in rows), rows
+    assert all("max abs diff vs dense" in r["note"] for r in rows)
+    assert "Attention" in rows[-1]["note"]  # ORT's fusions found the attention subgraphs
+    best = min(float(r["p50_ms"]) for r in rows if not r["impl"].startswith("spd_kernels"))
+    assert float(rows[0]["speedup_vs_best_dense"]) == pytest.approx(best / float(rows[0]["p50_ms"]))
+
+
+def test_missing_onnxruntime_is_a_skipped_row_with_the_reason(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    model = _exported_tiny_bert()
+    rows = profile_model(model, example_inputs(model, 1, 4), engines=("eager", "onnxruntime"), rounds=2)
+    skipped = [r for r in rows if r["impl"] == "onnxruntime"]
+    assert skipped[0]["status"] == "skipped"
+    assert "not installed" in skipped[0]["note"] and "requirements/bench.txt" in skipped[0]["note"]
+    assert [r["status"] for r in rows if r["impl"] != "onnxruntime"] == ["ok", "ok"]
+
+
+def test_an_engine_that_disagrees_is_an_error_row(monkeypatch):
+    model = _exported_tiny_bert()
+    layer = model.get_submodule("encoder.layer.0.intermediate.dense")
+    real = layer.forward
+    monkeypatch.setattr(layer, "forward", lambda x: real(x) * 2.0)  # a wrong kernel
+    rows = profile_model(model, example_inputs(model, 1, 4), engines=("eager",), rounds=2)
+    assert rows[0]["status"] == "error" and "differs from the dense twin" in rows[0]["note"]
+
+
+def test_time_interleaved_alternates_the_callables():
+    from spd_kernels.profiling.timing import time_interleaved
+
+    calls = []
+    out = time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, calls=2, warmup=1
+    )
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert out["a"].samples == 6 and out["b"].p50 >= 0
+    with pytest.raises(ValueError, match="calls must be >= 1"):
+        time_interleaved({"a": lambda: None}, calls=0)

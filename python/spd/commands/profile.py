@@ -22,11 +22,16 @@ Every grid value is validated before anything is timed. Each measurement: --warm
 calls, then samples for at least --min-run-time seconds and at least --repeats samples;
 p20/p50/p80 reported (torch.utils.benchmark on CPU, triton do_bench / CUDA events on GPU).
 
-With --model DIR, a saved pruned model is timed end to end against its dense twin instead.
+With --model DIR, a saved pruned model is timed end to end against the dense engines a user
+would run instead on its dense twin (same weights, plain linears): PyTorch eager with SDPA and
+with eager attention, torch.compile, ONNX Runtime, and ONNX Runtime after its BERT fusions
+(--engines; ONNX Runtime is a benchmark extra: requirements/bench.txt), all timed side by side
+in --rounds interleaved rounds. Speedup = the fastest dense engine's p50 / p50 of the row.
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from spd_kernels.profiling.engines import ENGINES
     from spd_kernels.profiling.grid import BASELINES, OPS, PRESETS
 
     g = p.add_argument_group("grid")
@@ -136,6 +141,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--batch", type=int, default=1, help="--model: batch size of the random token ids")
     m.add_argument("--seq-len", type=int, default=128, help="--model: sequence length")
     m.add_argument(
+        "--engines",
+        nargs="+",
+        choices=ENGINES,
+        default=list(ENGINES),
+        help="--model: dense engines to compare against (default: all; those that cannot run here "
+        "are listed as skipped with the reason)",
+    )
+    m.add_argument(
+        "--compile",
+        action="store_true",
+        help="--model: also time the pruned model under torch.compile(fullgraph=True)",
+    )
+    m.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="--model: interleaved rounds (each runs every implementation --repeats/--rounds times)",
+    )
+    m.add_argument(
         "--model-ops",
         nargs="+",
         choices=("forward", "fwd_bwd"),
@@ -186,7 +210,9 @@ def _run_model(args: argparse.Namespace) -> int:
             model,
             inputs,
             ops=[f"model_{o}" for o in args.model_ops],
-            compile=not args.no_compile,
+            engines=[e for e in args.engines if not (args.no_compile and e == "compiled")],
+            compile_sparse=args.compile,
+            rounds=args.rounds,
             threads=args.threads,
             warmup=args.warmup,
             min_run_time=args.min_run_time,
@@ -197,7 +223,11 @@ def _run_model(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     os.makedirs(args.out, exist_ok=True)
     csv_path = write_csv(rows, os.path.join(args.out, "model.csv"))
-    cmd = f"spd profile --model {shlex.quote(args.model)} --batch {args.batch} --seq-len {args.seq_len}"
+    cmd = (
+        f"spd profile --model {shlex.quote(args.model)} --batch {args.batch} --seq-len {args.seq_len} "
+        f"--threads {args.threads} --engines {' '.join(args.engines)} --rounds {args.rounds} "
+        f"--repeats {args.repeats}" + (" --compile" if args.compile else "")
+    )
     from spd_kernels.profiling.report import markdown_report
 
     md = markdown_report(rows, cmd, table=model_markdown_table(rows))
