@@ -53,7 +53,7 @@ def _kill_while_writing(code, target, tmp_path, delay, *args):
     sigkill_when([sys.executable, "-c", code, str(target), str(ready), *args], env, ready.exists, delay, 120)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.13, 0.37])
+@pytest.mark.parametrize("delay", [0.0, 0.3])
 def test_killed_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path, delay):
     path = tmp_path / "checkpoint-last.safetensors"
     _kill_while_writing(CHECKPOINT_WRITER, path, tmp_path, delay)
@@ -61,7 +61,7 @@ def test_killed_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path, delay):
     assert torch.equal(tensors["w"], torch.full((1 << 21,), float(state["i"])))
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.21])
+@pytest.mark.parametrize("delay", [0.1])
 def test_killed_directory_save_leaves_a_loadable_model(tmp_path, delay):
     path = tmp_path / "best"
     _kill_while_writing(DIRECTORY_WRITER, path, tmp_path, delay, os.path.join(ROOT, "tests", "nn"))
