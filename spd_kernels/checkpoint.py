@@ -1,27 +1,28 @@
-"""Save and load pruned models (masked or packed): safetensors + a small JSON manifest.
+"""Save and load pruned models, and the one set of atomic-write helpers of both packages.
 
-Two directory kinds, both read by :func:`load_pruned`:
+The pruned-model directory (docs/formats.md) is what :func:`save_pretrained` writes, and what
+:func:`save_pruned` writes for every Hugging Face model: a Hugging Face ``save_pretrained``
+directory of the *dense-equivalent* model (``config.json`` + ``model.safetensors`` with the
+masks applied, zeros baked in: ``from_pretrained`` gives the pruned model's outputs) plus
+``spd_sparsity.json`` (manifest: architecture, sparsity config, one record per sparse layer,
+size and sha256 of every file) and ``spd_masks.safetensors`` (masks, scores, packed
+patterns), from which :func:`load_pruned` rebuilds the masked or packed layers.
 
-* :func:`save_pruned` writes ``spd_model.safetensors`` (the model's state as it is:
-  ``MaskedLinear`` weight + mask (+ scores), or ``SparseLinear`` packed values + int32 index
-  arrays) and ``spd_pruned.json`` (format version, architecture, Hugging Face config,
-  sparsity config, one record per sparse layer, size and sha256 of the tensor file). Loading
-  needs ``spd_kernels`` and ``transformers`` only, and gives back the same modules and
-  bit-identical outputs. A packed file weighs about ``density × dense + index bytes``.
-* :func:`save_pretrained` writes a Hugging Face ``save_pretrained`` directory of the
-  *dense-equivalent* model (masked weights baked in: any ``transformers`` code loads it and
-  gets the pruned model's outputs) plus ``spd_sparsity.json`` and ``spd_masks.safetensors``
-  (masks, scores, packed patterns) from which :func:`load_pruned` rebuilds the masked or
-  packed layers.
+The older packed directory (``spd_model.safetensors``: the state dict as it is, packed values
++ int32 index arrays, and ``spd_pruned.json``) is still read by :func:`load_pruned`, and still
+written for a module that is not a Hugging Face model (nothing else could load it anyway).
 
-Writes are atomic: everything goes into a temporary directory next to the target, which is
-renamed over it at the end; a failed save leaves the target as it was and no temporary files.
+Writes are atomic: a file goes to a temporary name and is moved into place with
+``os.replace`` (:func:`atomic_write_bytes`, :func:`atomic_save_tensors`); a directory is
+built in a temporary directory next to the target, which is renamed over it at the end; a
+failed or killed save leaves the previous one as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import hashlib
 import json
 import os
@@ -80,7 +81,60 @@ class SaveReport:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------- files
+# ---------------------------------------------------------------------- atomic files
+def _fsync_dir(path: PathLike) -> None:
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: PathLike) -> str:
+    d, base = os.path.split(os.path.abspath(path))
+    return os.path.join(d, f".{base}.tmp.{os.getpid()}")
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and ``os.replace``: a reader (or
+    a run killed half-way) sees the old file or the new one, never a torn one."""
+    tmp = _tmp_name(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
+def atomic_write_json(path: PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_tensors(path: PathLike, tensors, metadata: Optional[Dict[str, str]] = None) -> None:
+    """safetensors file written atomically (tensors moved to CPU, made contiguous)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tmp = _tmp_name(path)
+    try:
+        save_file(flat, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(path)
+
+
+# ---------------------------------------------------------------------- directories
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -97,20 +151,37 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+# a directory holding one of these was written by this package: a save may replace it
+# (spd_model.json: the manifest of the older spd.models.save_model directories)
+MARKERS = ("spd_sparsity.json", "spd_pruned.json", "spd_model.json")
+
+
+def _recover(path: Path) -> None:
+    """A save killed between its two renames (old directory aside, new one not yet in place)
+    leaves the previous save as ``.<name>.old-*``: put it back. Leftover backups of finished
+    saves go."""
+    olds = sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not path.exists():
+        os.rename(olds.pop(), path)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def _atomic_directory(path: PathLike, marker: str) -> Iterator[Path]:
+def _atomic_directory(path: PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces ``path``, on error it goes.
 
-    An existing ``path`` is replaced only when it is empty or holds ``marker`` (a directory
-    this module wrote), so a save never deletes unrelated files.
+    An existing ``path`` is replaced only when it is empty or holds one of :data:`MARKERS` (a
+    directory this package wrote), so a save never deletes unrelated files.
     """
     path = Path(path)
+    _recover(path)
     if path.exists():
         if not path.is_dir():
             raise FileExistsError(f"{path} exists and is not a directory")
-        if any(path.iterdir()) and not (path / marker).exists():
+        if any(path.iterdir()) and not any((path / m).exists() for m in MARKERS):
             raise FileExistsError(
-                f"{path} exists, is not empty and holds no {marker}: refusing to replace it"
+                f"{path} exists, is not empty and holds no {' / '.join(MARKERS)}: refusing to replace it"
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -130,6 +201,7 @@ def _atomic_directory(path: PathLike, marker: str) -> Iterator[Path]:
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.rename(tmp, path)
+        _fsync_dir(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -323,19 +395,30 @@ def _check_same_architecture(model: nn.Module, manifest: dict, origin: str) -> N
 
 
 # ---------------------------------------------------------------------- save / load
-def save_pruned(model: nn.Module, directory: PathLike) -> SaveReport:
+def save_pruned(model: nn.Module, directory: PathLike, *, tokenizer=None) -> SaveReport:
     """Save a masked or exported (packed) model to ``directory`` atomically.
 
-    Files: ``spd_model.safetensors`` (the state dict as is) and ``spd_pruned.json``. An
-    existing ``directory`` is replaced only if it is empty or a previous save of this kind.
-    Returns a :class:`SaveReport` with the file sizes.
+    A Hugging Face model is written as the pruned-model directory of :func:`save_pretrained`
+    (the one format: ``from_pretrained`` loads the pruned weights, :func:`load_pruned` the
+    masked / packed layers); any other module as the packed directory
+    (``spd_model.safetensors`` + ``spd_pruned.json``). An existing ``directory`` is replaced
+    only if it is empty or a previous save. Returns a :class:`SaveReport` with the file sizes.
     """
-    from safetensors.torch import save_model
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if hasattr(model, "save_pretrained"):
+        return save_pretrained(model, directory, tokenizer=tokenizer)
+    if tokenizer is not None:
+        raise ValueError("a tokenizer is saved with Hugging Face models only")
+    return _save_packed(model, directory)
+
+
+def _save_packed(model: nn.Module, directory: PathLike) -> SaveReport:
+    """The packed directory: the state dict as it is (packed values + index arrays)."""
+    from safetensors.torch import save_model
+
     config = sparsity_config(model)
-    with _atomic_directory(directory, MANIFEST) as tmp:
+    with _atomic_directory(directory) as tmp:
         save_model(model, str(tmp / TENSORS), metadata={"format": FORMAT})
         manifest = {
             "format": FORMAT,
@@ -352,13 +435,14 @@ def save_pruned(model: nn.Module, directory: PathLike) -> SaveReport:
     return SaveReport(str(directory), files, size_report(model))
 
 
-def save_pretrained(model: nn.Module, directory: PathLike, **kwargs) -> SaveReport:
+def save_pretrained(model: nn.Module, directory: PathLike, *, tokenizer=None, **kwargs) -> SaveReport:
     """Hugging Face ``save_pretrained`` of the dense-equivalent model, plus the sparsity files.
 
     ``transformers.AutoModel*.from_pretrained(directory)`` loads the dense-equivalent model
     (pruned weights are zeros, outputs equal the pruned model's); :func:`load_pruned` loads it
-    back as the masked / packed model. Keyword arguments go to ``save_pretrained``. Pruned
-    weights of a ``MaskedLinear`` are not kept (they are zeros in the dense weights).
+    back as the masked / packed model. ``tokenizer`` (optional) is saved in the same atomic
+    write; other keyword arguments go to ``save_pretrained``. Pruned weights of a
+    ``MaskedLinear`` are not kept (they are zeros in the dense weights).
     """
     from safetensors.torch import save_file
 
@@ -374,8 +458,10 @@ def save_pretrained(model: nn.Module, directory: PathLike, **kwargs) -> SaveRepo
         elif isinstance(m, SparseLinear):
             tensors[f"{name}.block_mask"] = m.weight.block_mask().cpu().contiguous()
     config = sparsity_config(model)
-    with _atomic_directory(directory, HF_MANIFEST) as tmp:
+    with _atomic_directory(directory) as tmp:
         dense.save_pretrained(tmp, **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         save_file(tensors, str(tmp / HF_MASKS), metadata={"format": HF_FORMAT})
         manifest = {
             "format": HF_FORMAT,
@@ -400,6 +486,7 @@ def load_pruned(directory: PathLike, model: Optional[nn.Module] = None, *, verif
     builds. Raises ``ValueError`` for a corrupted file or another architecture.
     """
     directory = Path(directory)
+    _recover(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory")
     if (directory / MANIFEST).is_file():
@@ -455,7 +542,7 @@ def _load_hf(directory: Path, verify: bool) -> nn.Module:
     cls = getattr(transformers, str(arch), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ValueError(f"{origin}: architecture {arch!r} is not a transformers model class")
-    model = cls.from_pretrained(str(directory)).eval()
+    model = cls.from_pretrained(str(directory), use_safetensors=True).eval()  # never a pickle
     try:
         tensors = load_file(str(directory / HF_MASKS))
     except SafetensorError as exc:
@@ -492,4 +579,12 @@ def _tensor(tensors: dict, key: str, origin: str) -> torch.Tensor:
     return tensors[key]
 
 
-__all__ = ["SaveReport", "load_pruned", "save_pretrained", "save_pruned"]
+__all__ = [
+    "SaveReport",
+    "atomic_save_tensors",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "load_pruned",
+    "save_pretrained",
+    "save_pruned",
+]

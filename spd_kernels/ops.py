@@ -44,6 +44,36 @@ def _density(values: Tensor, row_offsets: Tensor, col_offsets: Tensor) -> float:
     return values.shape[0] / blocks if blocks else 0.0
 
 
+def _check_operands(values: Tensor, row_offsets: Tensor, col_offsets: Tensor, **dense: Tensor) -> None:
+    """The dense operands of an op (``x``: (M, K), ``dy``: (M, N), ``bias``: (N,)) against the
+    weight, before any backend runs: the same error on every backend instead of a broadcast, a
+    promotion or a shape error from inside one."""
+    if not values.is_floating_point():
+        raise TypeError(f"values must be a floating tensor, got {values.dtype}")
+    n, k = _n(values, row_offsets), _k(values, col_offsets)
+    want = {"x": (None, k), "dy": (None, n), "bias": (n,)}
+    rows = {}
+    for name, t in dense.items():
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        shape = want[name]
+        if t.dim() != len(shape) or any(w is not None and w != g for w, g in zip(shape, t.shape)):
+            spec = ", ".join("M" if w is None else str(w) for w in shape)
+            raise ValueError(
+                f"{name} must have shape ({spec}{',' if len(shape) == 1 else ''}), got {tuple(t.shape)}"
+            )
+        if t.dtype != values.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but the weight values have dtype {values.dtype}")
+        if t.device != values.device:
+            raise ValueError(f"{name} is on {t.device} but the weight values are on {values.device}")
+        if len(shape) == 2:
+            rows[name] = t.shape[0]
+    if len(set(rows.values())) > 1:
+        raise ValueError(f"dy and x must have the same number of rows, got {rows}")
+
+
 # --------------------------------------------------------------------------- dds_t
 @torch.library.custom_op("spd_kernels::dds_t", mutates_args=())
 def dds_t(
@@ -62,6 +92,8 @@ def dds_t(
     """Forward: x (M, K), W (N, K) sparse -> (y (M, N), z (M, N) or empty)."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
     check_metadata(values, meta)
+    _check_operands(values, row_offsets, col_offsets, x=x, bias=bias)
+    check_activation(activation)
     backend = _backend("dds_t", x, values, row_offsets, col_offsets)
     y, z = backend.dds_t(x, values, meta, bias, activation, save_preact)
     if not save_preact:
@@ -104,6 +136,7 @@ def dds(
     """Input grad: dy (M, N), W (N, K) sparse -> dX (M, K) = dy · W."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
     check_metadata(values, meta)
+    _check_operands(values, row_offsets, col_offsets, dy=dy)
     return _backend("dds", dy, values, row_offsets, col_offsets).dds(dy, values, meta)
 
 
@@ -128,6 +161,7 @@ def sdd(
     """Weight grad: (dyᵀ · x) sampled at W's stored blocks -> shaped like ``values``."""
     meta = (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t)
     check_metadata(values, meta)
+    _check_operands(values, row_offsets, col_offsets, dy=dy, x=x)
     return _backend("sdd", dy, values, row_offsets, col_offsets).sdd(dy, x, values, meta)
 
 
@@ -223,25 +257,31 @@ def linear_forward(
 
 
 # --------------------------------------------------------------------------- public API
-def _check_inputs(x: Tensor, weight: SparseMatrix, bias: Optional[Tensor]) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+def _check_dense(t: Tensor, name: str, weight: SparseMatrix, dim: int) -> None:
+    """``t`` is a floating (..., W.shape[dim]) tensor on the weight's device and dtype."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not isinstance(weight, SparseMatrix):
         raise TypeError(f"weight must be a spd_kernels.SparseMatrix, got {type(weight).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating tensor, got {x.dtype}")
-    if x.dim() < 1:
-        raise ValueError("x must have shape (..., K), got a 0-d tensor")
-    n, k = weight.shape
-    if x.shape[-1] != k:
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+    width, what = weight.shape[dim], "NK"[dim]
+    if t.dim() < 1:
+        raise ValueError(f"{name} must have shape (..., {what}), got a 0-d tensor")
+    if t.shape[-1] != width:
         raise ValueError(
-            f"x has {x.shape[-1]} features (last dim of shape {tuple(x.shape)}) "
-            f"but the weight {weight.shape} expects K={k}"
+            f"{name} has {t.shape[-1]} features (last dim of shape {tuple(t.shape)}) "
+            f"but the weight {weight.shape} expects {what}={width}"
         )
-    if x.device != weight.device:
-        raise ValueError(f"x is on {x.device} but the weight is on {weight.device}")
-    if x.dtype != weight.dtype:
-        raise TypeError(f"x has dtype {x.dtype} but the weight has dtype {weight.dtype}")
+    if t.device != weight.device:
+        raise ValueError(f"{name} is on {t.device} but the weight is on {weight.device}")
+    if t.dtype != weight.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but the weight has dtype {weight.dtype}")
+
+
+def _check_inputs(x: Tensor, weight: SparseMatrix, bias: Optional[Tensor]) -> None:
+    _check_dense(x, "x", weight, 1)
+    n = weight.shape[0]
     if bias is not None:
         if not isinstance(bias, Tensor):
             raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
@@ -276,6 +316,7 @@ def sparse_linear(
 
 def sparse_input_grad(dy: Tensor, weight: SparseMatrix) -> Tensor:
     """``dY · W``: (..., N) -> (..., K). The op behind the input gradient, for benchmarks."""
+    _check_dense(dy, "dy", weight, 0)
     lead = dy.shape[:-1]
     return dds(dy.reshape(-1, weight.shape[0]), weight.values, *weight.metadata()).reshape(
         *lead, weight.shape[1]
@@ -284,6 +325,10 @@ def sparse_input_grad(dy: Tensor, weight: SparseMatrix) -> Tensor:
 
 def sparse_weight_grad(dy: Tensor, x: Tensor, weight: SparseMatrix) -> Tensor:
     """``(dYᵀ · X)`` at the stored blocks of ``weight``, shaped like ``weight.values``."""
+    _check_dense(dy, "dy", weight, 0)
+    _check_dense(x, "x", weight, 1)
+    if dy.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f"dy {tuple(dy.shape)} and x {tuple(x.shape)} must have the same leading dims")
     return sdd(
         dy.reshape(-1, weight.shape[0]),
         x.reshape(-1, weight.shape[1]),

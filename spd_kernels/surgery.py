@@ -345,9 +345,16 @@ def export(model: nn.Module, *, fuse_activations: bool = True, attention: str = 
     ``attention="sdpa"`` switches a Hugging Face model that runs another attention
     (eager, or the map-returning variant used while distilling attention) to
     ``scaled_dot_product_attention``, the fast one for inference; ``"keep"`` leaves it.
+    Raises ``ValueError`` for a model with no sparse layer (nothing would be packed).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if attention not in ("sdpa", "keep"):
         raise ValueError(f"attention must be 'sdpa' or 'keep', got {attention!r}")
+    if not any(isinstance(m, (MaskedLinear, SparseLinear)) for m in model.modules()):
+        raise ValueError(
+            f"{type(model).__name__} has no MaskedLinear layer to pack: sparsify (or prune) it first"
+        )
     if attention == "sdpa":
         use_sdpa_attention(model)
     for name, m in list(model.named_modules()):

@@ -3,11 +3,28 @@
 import os
 import random
 import shutil
+import sys
 
 import pytest
 import torch
 
-# tests/ is on sys.path (rootdir conftest), so `import helpers` works from every test module.
+# tests/ is on sys.path (rootdir conftest), so `import helpers` works from every test module; the
+# tiny fixtures of tests/nn and tests/spd are importable from every folder too.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _sub in ("nn", "spd"):
+    if os.path.join(_HERE, _sub) not in sys.path:
+        sys.path.append(os.path.join(_HERE, _sub))
+
+
+def pytest_configure(config):
+    """Under CI=true or SPD_REQUIRE_EXT=1 a missing or unloadable extension stops the run at
+    once with one line (otherwise the cpu tests would skip and the suite pass without it)."""
+    try:
+        from spd_kernels import _ext
+    except ImportError as exc:  # SPD_REQUIRE_EXT=1: importing the package already refused
+        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+    if _ext._C is None and _ext.ext_required():
+        pytest.exit(_ext.missing_message(_ext.IMPORT_ERROR), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(autouse=True, scope="session")

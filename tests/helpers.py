@@ -106,3 +106,46 @@ METADATA_CASES = [
     "strided_indices",
     "short_perm",
 ]
+
+
+# ---------------------------------------------------------------------- bad-input census
+def census(cases):
+    """``pytest.mark.parametrize`` over a census table: rows ``(what, call, error type, message
+    fragment)``, the id being ``what``. Use with :func:`assert_clear_error`."""
+    import pytest
+
+    return pytest.mark.parametrize("call, error, fragment", [c[1:] for c in cases], ids=[c[0] for c in cases])
+
+
+def assert_clear_error(call, error, fragment: str) -> None:
+    """``call()`` raises exactly ``error`` (not a subclass standing in for it, e.g. a NoBackendError
+    for a ValueError) whose message contains ``fragment``."""
+    import pytest
+
+    with pytest.raises(Exception) as info:
+        call()
+    assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
+    assert fragment in str(info.value), str(info.value)
+
+
+# ---------------------------------------------------------------------- fault injection
+def sigkill_when(cmd, env, ready, after: float = 0.0, timeout: float = 240.0, **popen) -> None:
+    """Start ``cmd``, wait until ``ready()`` holds (failing if the process ends first), sleep
+    ``after`` seconds, SIGKILL it and check that the kill is what ended it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, **popen)
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None, f"{cmd[:3]}... ended before it could be killed"
+            assert time.time() < deadline, f"{cmd[:3]}... never got ready"
+            time.sleep(0.01)
+        time.sleep(after)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL

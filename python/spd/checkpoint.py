@@ -5,7 +5,8 @@ optimizer moments, torch / CUDA / NumPy RNG states, the grafting generator) unde
 namespaced key, and everything else (step, epoch, position in the epoch, p, pruner state,
 Python RNG state, optimizer hyper-parameters, metrics so far, the run's fingerprint) as JSON in
 the safetensors header metadata. It is written to a temporary file in the same directory,
-fsync'ed and moved into place with ``os.replace``, so a run killed at any moment leaves either
+fsync'ed and moved into place with ``os.replace``
+(``spd_kernels.checkpoint.atomic_save_tensors``), so a run killed at any moment leaves either
 the previous checkpoint or the new one, never a torn file.
 
 Loading checks a SHA-256 of all tensor bytes and the format version, and the caller checks the
@@ -19,47 +20,16 @@ import hashlib
 import json
 import os
 import random
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 import torch
 
+# the one implementation of atomic writes, shared with the pruned-model directories
+from spd_kernels.checkpoint import atomic_save_tensors, atomic_write_bytes, atomic_write_json
+
 FORMAT = "spd-checkpoint"
 FORMAT_VERSION = 1
-
-
-# ---------------------------------------------------------------------- atomic file writes
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: str) -> str:
-    d, base = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f".{base}.tmp.{os.getpid()}")
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path)
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _flat_bytes(t: torch.Tensor) -> np.ndarray:
@@ -74,21 +44,6 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(memoryview(_flat_bytes(t)))
     return h.hexdigest()
-
-
-def atomic_save_tensors(
-    path: str, tensors: Mapping[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None
-) -> None:
-    """safetensors file written atomically (tensors moved to CPU, made contiguous)."""
-    from safetensors.torch import save_file
-
-    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    tmp = _tmp_name(path)
-    save_file(flat, tmp, metadata=metadata)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path)
 
 
 # ---------------------------------------------------------------------- RNG states

@@ -81,19 +81,49 @@ def load_config_file(path: Optional[str]) -> Dict[str, Any]:
         return {}
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} not found")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text ({e})") from None
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     return data
+
+
+def check_value(cls: Type, name: str, value: Any, where: str = "config file") -> Any:
+    """``value`` for the field ``name`` of ``cls`` as read from a file: of the field's type (an
+    int is a float; YAML's ``null`` fits optional fields), else ``ValueError`` naming the key,
+    so a string never reaches arithmetic (``batch_size: eight``)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    tp, optional = _base_type(f.type)
+    if value is None and optional:
+        return None
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }.get(tp, lambda v: True)
+    if not ok(value):
+        raise ValueError(f"{where}: {name} must be {tp.__name__}, got {value!r}")
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        raise ValueError(f"{where}: {name} must be one of {list(f.metadata['choices'])}, got {value!r}")
+    return float(value) if tp is float else value
 
 
 def build_config(
@@ -116,8 +146,10 @@ def build_config(
         unknown = sorted(set(sect) - names)
         if unknown:
             raise ValueError(f"config section {section!r}: unknown keys {unknown}; known: {sorted(names)}")
-        values.update(sect)
-    values.update({k: v for k, v in file_cfg.items() if k in names and not isinstance(v, dict)})
+        values.update({k: check_value(cls, k, v, f"config section {section!r}") for k, v in sect.items()})
+    values.update(
+        {k: check_value(cls, k, v) for k, v in file_cfg.items() if k in names and not isinstance(v, dict)}
+    )
     for n in names:
         if hasattr(args, _dest(n, prefix)):
             values[n] = getattr(args, _dest(n, prefix))
@@ -128,6 +160,9 @@ def build_config(
 def check_file_sections(file_cfg: Mapping[str, Any], known: Mapping[str, Type]) -> None:
     """Refuse a config file whose keys belong to no known section or field."""
     fields = {f.name for cls in known.values() for f in dataclasses.fields(cls)}
+    sections = [k for k, v in file_cfg.items() if k in known and not isinstance(v, dict) and k not in fields]
+    if sections:
+        raise ValueError(f"config file: section {sections[0]!r} must be a mapping of options")
     bad = [k for k, v in file_cfg.items() if not (k in known and isinstance(v, dict)) and k not in fields]
     if bad:
         raise ValueError(f"config file: unknown keys {sorted(bad)}; sections are {sorted(known)}")
@@ -137,4 +172,11 @@ def to_dict(cfg) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["add_dataclass_arguments", "build_config", "check_file_sections", "load_config_file", "to_dict"]
+__all__ = [
+    "add_dataclass_arguments",
+    "build_config",
+    "check_file_sections",
+    "check_value",
+    "load_config_file",
+    "to_dict",
+]

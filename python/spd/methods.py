@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -69,6 +70,19 @@ class StageConfig:
         default=False,
         metadata={"help": "baselines: add logit distillation from the teacher (SPD always distils)"},
     )
+
+    def __post_init__(self) -> None:
+        check_epochs_and_lr("teacher_", self.teacher_epochs, self.teacher_lr)
+        check_epochs_and_lr("prune_", self.prune_epochs, self.prune_lr, minimum=1)
+        check_epochs_and_lr("final_", self.final_epochs, self.final_lr)
+
+
+def check_epochs_and_lr(prefix: str, epochs, lr, minimum: int = 0) -> None:
+    """A stage's epochs (an int >= ``minimum``) and peak learning rate (finite, > 0)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < minimum:
+        raise ValueError(f"{prefix}epochs must be an int >= {minimum}, got {epochs!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"{prefix}lr must be a finite number > 0, got {lr!r}")
 
 
 def method_distill_defaults(method: str, kd: bool) -> dict:

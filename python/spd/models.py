@@ -4,10 +4,14 @@ The swap (:func:`make_prunable`) takes its layer names from the kernel package's
 (``spd_kernels.surgery.ARCHITECTURES``) and, unlike ``sk.sparsify``, keeps layers that already
 are MaskedLinear (a resumed or re-pruned student).
 
-Saved models (:func:`save_model` / :func:`load_model`) are a directory with the Hugging Face
-``config.json``, the tokenizer files, ``model.safetensors`` (the full state dict: weights,
-masks, scores) and ``spd_model.json`` (which layers are MaskedLinear, their block and score
-mode), so a pruned model reloads with its masks and nothing is unpickled.
+Saved models (:func:`save_model` / :func:`load_model`, and the packed :func:`save_exported`)
+are the one pruned-model directory of ``spd_kernels.save_pretrained`` (docs/formats.md): the
+Hugging Face ``config.json`` and ``model.safetensors`` holding the *pruned* weights (masks
+applied, zeros baked in), the tokenizer files, and ``spd_sparsity.json`` +
+``spd_masks.safetensors`` (which layers are masked or packed, their masks). So
+``from_pretrained`` gives the pruned model, ``spd_kernels.load_pruned`` the masked / packed
+layers, and nothing is unpickled. Directories of the older layout (``spd_model.json`` beside a
+``model.safetensors`` holding the unpruned weights and the masks) still load.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from torch import nn
 from spd_kernels.nn import MaskedLinear
 
 EMBEDDED_MODEL = "embedded"  # the name the CLI accepts for the packaged all-MiniLM-L6-v2
-SPD_MODEL_FILE = "spd_model.json"
+SPD_MODEL_FILE = "spd_model.json"  # manifest of the older layout (read only)
 WEIGHTS_FILE = "model.safetensors"
-PACKED_MANIFEST = "spd_pruned.json"  # what spd_kernels.save_pruned writes (an exported model)
+MODEL_MANIFEST = "spd_sparsity.json"  # what spd_kernels.save_pretrained writes
+PACKED_MANIFEST = "spd_pruned.json"  # the older packed layout of spd_kernels.save_pruned (read only)
+MANIFESTS = (MODEL_MANIFEST, SPD_MODEL_FILE, PACKED_MANIFEST)
 
 # Where the stack of encoder layers lives, per model_type (grafting swaps its entries).
 LAYER_LISTS: Dict[str, str] = {"distilbert": "distilbert.transformer.layer"}
@@ -45,10 +51,34 @@ def embedded_model_path() -> str:
 
 
 def resolve_model_path(name_or_path: str) -> str:
+    """The embedded model's directory for ``'embedded'``; a local path as is (``FileNotFoundError``
+    when it names no directory, rather than a hub lookup of a path); else a hub name."""
     if name_or_path == EMBEDDED_MODEL:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local files only: never ask the hub
         return embedded_model_path()
-    return name_or_path
+    looks_local = name_or_path.startswith((".", "~", os.sep)) or name_or_path.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"model {name_or_path}: no such directory")
+    return os.path.expanduser(name_or_path) if looks_local else name_or_path
+
+
+def check_block_fits(name_or_path: str, block) -> None:
+    """Refuse, before any training, a mask block that does not divide the model's linears
+    (hidden and FFN sizes read from its config.json)."""
+    from transformers import AutoConfig
+
+    bm, bk = block
+    path = resolve_model_path(name_or_path)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        return  # an older packed directory: its own loader reports what is wrong
+    cfg = AutoConfig.from_pretrained(path)
+    for key in ("hidden_size", "dim", "intermediate_size", "hidden_dim"):
+        size = getattr(cfg, key, None)
+        if isinstance(size, int) and (size % bm or size % bk):
+            raise ValueError(
+                f"mask block {bm}x{bk} does not divide {key}={size} of {name_or_path}: "
+                "choose a --granularity whose sides divide the layer sizes"
+            )
 
 
 def _model_type(model: nn.Module) -> str:
@@ -224,17 +254,34 @@ def load_pretrained(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
-    if os.path.isfile(os.path.join(path, SPD_MODEL_FILE)):
+    if is_saved_model(path):
         return load_model(path)
-    if os.path.isfile(os.path.join(path, PACKED_MANIFEST)):
-        return load_exported(path)
-    kwargs = {"num_labels": num_labels, "attn_implementation": "sdpa"}
+    refuse_pickle_only(path)
+    # safetensors only: a pytorch_model.bin (a pickle) is never read
+    kwargs = {"num_labels": num_labels, "attn_implementation": "sdpa", "use_safetensors": True}
     if problem_type:
         kwargs["problem_type"] = problem_type
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     tok = AutoTokenizer.from_pretrained(path)
     _model_type(model)
     return model, tok
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def refuse_pickle_only(path: str) -> None:
+    """A local model directory whose weights exist only as pickles is refused with a message
+    that says how to convert them (nothing here unpickles a user's file)."""
+    if not os.path.isdir(path) or any(f.endswith(".safetensors") for f in os.listdir(path)):
+        return
+    pickles = sorted(f for f in os.listdir(path) if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ValueError(
+            f"{path} holds its weights only as pickle files {pickles}; spd reads safetensors only and "
+            "never unpickles a file: convert them where you trust the file, e.g. "
+            "`AutoModel.from_pretrained(path).save_pretrained(path)` (transformers writes safetensors)"
+        )
 
 
 def load_tokenizer(name_or_path: str):
@@ -244,17 +291,15 @@ def load_tokenizer(name_or_path: str):
     return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
 
 
-def model_spec(model: nn.Module) -> dict:
-    # a saved model carries its final pattern as the mask: scores are a training-time device
-    return {
-        "format": 1,
-        "masked": {n: {"block": list(m.block), "scores": None} for n, m in masked_linears(model).items()},
-    }
+def is_saved_model(path: str) -> bool:
+    """Whether ``path`` is a directory :func:`save_model` / :func:`save_exported` wrote (now or
+    in an older layout)."""
+    return any(os.path.isfile(os.path.join(path, m)) for m in MANIFESTS)
 
 
 def inference_state(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The state dict to save: for layers with movement scores, the mask becomes the
-    effective (binarized) mask and the scores are dropped."""
+    """The older layout's state dict (kept for its readers): for layers with movement scores,
+    the mask becomes the effective (binarized) mask and the scores are dropped."""
     state = dict(model.state_dict())
     for name, m in masked_linears(model).items():
         if m.scores is not None:
@@ -264,17 +309,39 @@ def inference_state(model: nn.Module) -> Dict[str, torch.Tensor]:
     return state
 
 
-def save_model(model: nn.Module, tokenizer, path: str) -> None:
-    """Write ``model`` (weights and final masks) and its tokenizer to the directory ``path``."""
-    from .checkpoint import atomic_save_tensors, atomic_write_json
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose MaskedLinear layers carry their final pattern as the mask:
+    movement scores are a training-time device, so scored layers become fixed-mask layers."""
+    import copy
 
-    os.makedirs(path, exist_ok=True)
-    model.config.save_pretrained(path)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    atomic_save_tensors(os.path.join(path, WEIGHTS_FILE), inference_state(model))
-    # written last: its presence marks a complete model directory
-    atomic_write_json(os.path.join(path, SPD_MODEL_FILE), model_spec(model))
+    model = copy.deepcopy(model)
+    for name, m in masked_linears(model).items():
+        if m.scores is None:
+            continue
+        with torch.no_grad():
+            mask = m.effective_mask().detach() != 0
+        fixed = MaskedLinear.from_linear(m, block=m.block, mask=mask, sparse_path=m.sparse_path)
+        fixed.density, fixed.threshold = m.density, m.threshold
+        fixed.train(m.training)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, fixed)
+    return model
+
+
+def save_model(model: nn.Module, tokenizer, path: str) -> None:
+    """Write ``model`` (pruned weights, final masks) and its tokenizer to the directory ``path``
+    in one atomic write (``spd_kernels.save_pretrained``)."""
+    import spd_kernels as sk
+
+    sk.save_pretrained(frozen_copy(model), path, tokenizer=tokenizer)
+
+
+def model_spec(model: nn.Module) -> dict:
+    # the older layout's manifest
+    return {
+        "format": 1,
+        "masked": {n: {"block": list(m.block), "scores": None} for n, m in masked_linears(model).items()},
+    }
 
 
 def build_from_spec(config, spec: dict) -> nn.Module:
@@ -300,7 +367,28 @@ def build_from_spec(config, spec: dict) -> nn.Module:
 
 
 def load_model(path: str) -> Tuple[nn.Module, object]:
-    """Load a directory written by :func:`save_model`."""
+    """Load a directory written by :func:`save_model` or :func:`save_exported` (or by an older
+    version of either): the model with its masked / packed layers, and the tokenizer (None
+    when the directory holds none)."""
+    from transformers import AutoTokenizer
+
+    import spd_kernels as sk
+
+    if not os.path.isfile(os.path.join(path, SPD_MODEL_FILE)):
+        model = sk.load_pruned(path)
+        if hasattr(model, "set_attn_implementation"):
+            set_attention_implementation(model, "sdpa")
+        tok = (
+            AutoTokenizer.from_pretrained(path)
+            if os.path.isfile(os.path.join(path, "tokenizer_config.json"))
+            else None
+        )
+        return model, tok
+    return _load_spec_model(path)
+
+
+def _load_spec_model(path: str) -> Tuple[nn.Module, object]:
+    """The older layout: ``spd_model.json`` + the full state dict in ``model.safetensors``."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
 
@@ -323,30 +411,15 @@ def load_model(path: str) -> Tuple[nn.Module, object]:
 
 def save_exported(model: nn.Module, tokenizer, path: str):
     """Pack the masked layers of a trained model (``sk.export``: SparseLinear, FFN GELU fused
-    into the kernel epilogue) and save it with ``sk.save_pruned`` plus the tokenizer.
-    Returns the save report (file sizes)."""
+    into the kernel epilogue) and save it with the tokenizer in the pruned-model directory
+    (:func:`load_model` / ``sk.load_pruned`` rebuild the packed layers, ``from_pretrained``
+    gives the pruned dense model). Returns the save report (file sizes)."""
     import spd_kernels as sk
 
-    model = sk.export(model)
-    report = sk.save_pruned(model, path)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    return report
+    return sk.save_pretrained(sk.export(frozen_copy(model)), path, tokenizer=tokenizer)
 
 
-def load_exported(path: str) -> Tuple[nn.Module, object]:
-    """Load a directory written by :func:`save_exported` (needs only spd_kernels to run)."""
-    from transformers import AutoTokenizer
-
-    import spd_kernels as sk
-
-    model = sk.load_pruned(path)
-    tok = (
-        AutoTokenizer.from_pretrained(path)
-        if os.path.isfile(os.path.join(path, "tokenizer_config.json"))
-        else None
-    )
-    return model, tok
+load_exported = load_model  # one directory format: one loader
 
 
 def load_state_strict(model: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
@@ -373,6 +446,8 @@ __all__ = [
     "embedded_model_path",
     "ensure_output_capture",
     "encoder_layers",
+    "frozen_copy",
+    "is_saved_model",
     "load_model",
     "load_pretrained",
     "load_tokenizer",

@@ -144,10 +144,14 @@ class TeacherCache:
                 man = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{mpath}: unreadable teacher-cache manifest ({e})") from e
+        if not isinstance(man, dict) or not isinstance(man.get("shards"), list):
+            raise ValueError(f"{mpath}: not a teacher-cache manifest (no list of shards)")
         if man.get("key") != self.key or man.get("n") != len(self.split):
             raise ValueError(f"{mpath}: manifest does not describe this cache (key or size differs)")
         parts: Dict[str, List[Tensor]] = {f: [] for f in self.fields}
         for sh in man["shards"]:
+            if not isinstance(sh, dict) or not isinstance(sh.get("file"), str) or os.sep in sh["file"]:
+                raise ValueError(f"{mpath}: malformed shard record {sh!r}")
             path = os.path.join(self.dir, sh["file"])
             size = os.path.getsize(path) if os.path.isfile(path) else -1
             if size != sh["bytes"]:

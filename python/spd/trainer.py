@@ -47,6 +47,7 @@ from .models import (
     apply_trainable,
     attention_implementation,
     ensure_output_capture,
+    is_saved_model,
     load_state_strict,
     masked_linears,
     save_model,
@@ -806,7 +807,7 @@ class Trainer:
             dist.barrier()
         if self.best_step.get("best") == self.global_step:
             best = final  # the best model is the final one: evaluated once
-        elif os.path.isdir(best_dir) and os.path.exists(os.path.join(best_dir, "spd_model.json")):
+        elif os.path.isdir(best_dir) and is_saved_model(best_dir):
             best_model, _ = load_model(best_dir)
             best_model.to(self.info.device)
             bm = masked_linears(best_model)

@@ -1,6 +1,9 @@
 """save_pruned / save_pretrained / load_pruned: exact round trips, file sizes, atomic writes,
-and clear errors for corrupted files and other architectures."""
+and clear errors for corrupted files and other architectures. The older packed directory
+(``spd_model.safetensors`` + ``spd_pruned.json``, still read, and written for modules that are
+not Hugging Face models) is written here with ``checkpoint._save_packed``."""
 
+import copy
 import json
 import os
 import struct
@@ -20,22 +23,30 @@ def _pruned(arch="bert", block=16, export=False, **kw):
     return sk.export(model) if export else model
 
 
+save_packed = checkpoint._save_packed
+HF_FILES = {"config.json", "model.safetensors", "spd_sparsity.json", "spd_masks.safetensors"}
+
+
 def _same_modules(a, b):
     ta = [(n, type(m).__name__) for n, m in a.named_modules()]
     tb = [(n, type(m).__name__) for n, m in b.named_modules()]
     return ta == tb
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["pruned-model-dir", "packed-dir"])
 @pytest.mark.parametrize("export", [False, True])
 @pytest.mark.parametrize("block", [1, 16])
-def test_round_trip_is_exact(tmp_path, export, block):
+def test_round_trip_is_exact(tmp_path, export, block, packed):
     model = _pruned(block=block, export=export)
     ids = token_ids()
-    report = sk.save_pruned(model, tmp_path / "m")
-    assert set(report.files) == {"spd_model.safetensors", "spd_pruned.json"}
+    report = (save_packed if packed else sk.save_pruned)(model, tmp_path / "m")
+    assert set(report.files) == ({"spd_model.safetensors", "spd_pruned.json"} if packed else HF_FILES)
     loaded = sk.load_pruned(tmp_path / "m")
     assert _same_modules(model, loaded)
-    sd, sd2 = model.state_dict(), loaded.state_dict()
+    # the pruned-model directory keeps the pruned weights as zeros: equal once the masks apply
+    sd, sd2 = (
+        m.state_dict() if packed else sk.densify(copy.deepcopy(m)).state_dict() for m in (model, loaded)
+    )
     assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
     assert torch.equal(out(loaded, ids), out(model, ids))
     assert sk.sparsity_config(loaded) == sk.sparsity_config(model)
@@ -58,7 +69,7 @@ def test_round_trip_keeps_scores_and_targets(tmp_path):
 
 def test_load_into_a_given_model_of_the_same_architecture(tmp_path):
     model = _pruned("distilbert", export=True)
-    sk.save_pruned(model, tmp_path / "m")
+    save_packed(model, tmp_path / "m")
     target = tiny_model("distilbert", seed=5)
     loaded = sk.load_pruned(tmp_path / "m", model=target)
     assert loaded is target
@@ -75,7 +86,7 @@ def test_packed_file_size_is_density_times_dense_plus_index(tmp_path):
     dense = tiny_model()
     safetensors.torch.save_model(dense, str(tmp_path / "dense.safetensors"))
     model = _pruned(block=16, export=True)
-    report = sk.save_pruned(model, tmp_path / "m")
+    report = save_packed(model, tmp_path / "m")
     total = report.layers["total"]
     assert total["values"] == pytest.approx(total["density"] * total["dense"])
     assert total["density"] == pytest.approx(0.5)
@@ -124,10 +135,10 @@ def test_failed_save_leaves_nothing_half_written(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_model", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        sk.save_pruned(model, target)
+        save_packed(model, target)
     assert list(tmp_path.iterdir()) == []  # no target, no temporary directory
     monkeypatch.undo()
-    sk.save_pruned(model, target)
+    save_packed(model, target)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
 
     def broken_json(path, obj):
@@ -136,7 +147,7 @@ def test_failed_save_leaves_nothing_half_written(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "_write_json", broken_json)
     other = _pruned(block=32, export=True)
     with pytest.raises(RuntimeError, match="killed"):
-        sk.save_pruned(other, target)
+        save_packed(other, target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # old save intact
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
     monkeypatch.undo()
@@ -153,7 +164,7 @@ def test_save_refuses_to_replace_unrelated_directories(tmp_path):
 def test_corrupted_files_are_clear_errors(tmp_path):
     model = _pruned(block=16, export=True)
     d = tmp_path / "m"
-    sk.save_pruned(model, d)
+    save_packed(model, d)
     f = d / "spd_model.safetensors"
     good = f.read_bytes()
     flipped = bytearray(good)
@@ -173,8 +184,8 @@ def test_corrupted_files_are_clear_errors(tmp_path):
 
 
 def test_other_architecture_is_a_clear_error(tmp_path):
-    sk.save_pruned(_pruned("bert", export=True), tmp_path / "bert")
-    sk.save_pruned(_pruned("distilbert", export=True), tmp_path / "distil")
+    save_packed(_pruned("bert", export=True), tmp_path / "bert")
+    save_packed(_pruned("distilbert", export=True), tmp_path / "distil")
     with pytest.raises(ValueError, match="saved from a BertForSequenceClassification, not a DistilBert"):
         sk.load_pruned(tmp_path / "bert", model=tiny_model("distilbert"))
     bigger = tiny_model("bert")
@@ -197,7 +208,7 @@ def test_other_architecture_is_a_clear_error(tmp_path):
 
 
 def test_layer_record_mismatch_names_the_layer(tmp_path):
-    sk.save_pruned(_pruned("bert", export=True), tmp_path / "m")
+    save_packed(_pruned("bert", export=True), tmp_path / "m")
     man = json.loads((tmp_path / "m" / "spd_pruned.json").read_text())
     rec = man["layers"].pop("bert.encoder.layer.0.output.dense")
     man["layers"]["bert.encoder.layer.0.output.LayerNorm"] = rec

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import spd_kernels as sk
+from spd_kernels import checkpoint
 from spd_kernels.nn import FusedActivation, SparseLinear
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ def test_minilm_sparsify_export_save_load(minilm, tmp_path):
     assert len(packed) == 36 and sum(isinstance(m, FusedActivation) for m in model.modules()) == 6
     assert (_hidden(model, batch) - masked).abs().max().item() <= 1e-4
 
-    report = sk.save_pruned(model, tmp_path / "minilm")
+    report = checkpoint._save_packed(model, tmp_path / "minilm")  # the packed layout
     total = report.layers["total"]
     assert total["density"] == pytest.approx(0.1, abs=0.01)
     assert total["index"] < 0.01 * total["dense"]

@@ -21,6 +21,6 @@ def test_embedded_model_and_data_few_steps(tmp_path, monkeypatch):
     assert r["task"] == "rotten_tomatoes" and r["model"] == "embedded"
     assert r["best"]["sparsity"] == pytest.approx(0.9, abs=0.01)
     assert 0.0 <= r["best"]["test"]["accuracy"] <= 1.0 and "teacher" in r
-    spec = json.loads((tmp_path / "spd" / "best" / "spd_model.json").read_text())
-    assert len(spec["masked"]) == 36  # 6 layers x (q, k, v, attention output, intermediate, output)
-    assert all(v["block"] == [32, 32] for v in spec["masked"].values())
+    spec = json.loads((tmp_path / "spd" / "best" / "spd_sparsity.json").read_text())
+    assert len(spec["layers"]) == 36  # 6 layers x (q, k, v, attention output, intermediate, output)
+    assert all(v["kind"] == "masked" and v["block"] == [32, 32] for v in spec["layers"].values())

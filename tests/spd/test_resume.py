@@ -1,17 +1,17 @@
-"""Exact resume: a run killed with SIGKILL and resumed ends bitwise equal to an uninterrupted one."""
+"""Exact resume: a run killed with SIGKILL (in stage 2, then again in stage 3) and resumed ends
+bitwise equal to an uninterrupted one."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from spd_tiny import save_tiny_model_dir, sentences, write_csv
 
+from helpers import sigkill_when
 from spd.checkpoint import load_checkpoint
 from spd.cli import main
 
@@ -70,6 +70,14 @@ def _strip_times(path):
     return out
 
 
+def _kill_after(d, out, steps):
+    """Run (or resume) into ``out``, SIGKILL it once ``steps`` steps are logged; the state of
+    the checkpoint it left."""
+    ready = lambda: _steps_logged(out / "metrics.jsonl") >= steps  # noqa: E731
+    sigkill_when(_cmd(d, out), _env(), ready, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return load_checkpoint(str(out / "checkpoint-last.safetensors"))[0]
+
+
 def test_sigkill_and_resume_is_bitwise_identical(tiny_setup):
     d = tiny_setup
     a, b = d / "uninterrupted", d / "killed"
@@ -78,18 +86,12 @@ def test_sigkill_and_resume_is_bitwise_identical(tiny_setup):
     total = _steps_logged(a / "metrics.jsonl")  # 4 steps/epoch x (2 + 3 + 2) epochs
     assert total == 28
 
-    # kill -9 in the middle of stage 2 (after global step 13 of 28), then resume
-    proc = subprocess.Popen(_cmd(d, b), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while _steps_logged(b / "metrics.jsonl") < 13:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    state, _ = load_checkpoint(str(b / "checkpoint-last.safetensors"))
-    assert state["global_step"] < total, "the kill must interrupt the run"
+    # kill -9 in the middle of stage 2 (after global step 13 of 28: steps 9-20 prune), resume, kill
+    # again in stage 3 (after step 23: steps 21-28 distil the fixed-mask student), resume to the end
+    for kill_after in (13, 23):
+        state = _kill_after(d, b, kill_after)
+        assert state["global_step"] < total, "the kill must interrupt the run"
+    assert state["phase"] == "distill", state["phase"]  # the second kill hit stage 3
     r = subprocess.run(_cmd(d, b), env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"step {state['step']}/" in r.stderr and "resuming from" in r.stderr  # continued, not restarted

@@ -10,7 +10,7 @@ from spd_kernels.nn import SparseLinear
 
 from ..config import add_dataclass_arguments, build_config
 from ..data import DataConfig, load_task
-from ..models import load_pretrained, masked_linears
+from ..models import is_saved_model, load_pretrained, masked_linears
 from ..pruning import model_sparsity
 from ..trainer import evaluate_model
 from ._common import fail, prepare_data
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _resolve(path: str, which: str) -> str:
     cand = os.path.join(path, which)
-    return cand if os.path.isdir(cand) and os.path.exists(os.path.join(cand, "spd_model.json")) else path
+    return cand if os.path.isdir(cand) and is_saved_model(cand) else path
 
 
 def run(args) -> int:

@@ -13,11 +13,11 @@ HELP = "pack a pruned model's masked layers into sparse kernels layers and save 
 DESCRIPTION = (
     "Turn the MaskedLinear layers of a pruned model (a run directory's best/ or final/ model, or a "
     "saved spd model directory) into packed SparseLinear layers that run on the sparse kernels, fuse "
-    "the FFN's intermediate dense + GELU into the kernel epilogue, and save the result with "
-    "spd_kernels.save_pruned (safetensors + spd_pruned.json, plus the tokenizer). The exported "
-    "directory loads with spd_kernels alone (spd_kernels.load_pruned), and `spd eval` / "
-    "`spd profile --model` read it. Prints the file sizes: packed is about density x dense plus the "
-    "index bytes."
+    "the FFN's intermediate dense + GELU into the kernel epilogue, and save the result in the "
+    "pruned-model directory (docs/formats.md: the pruned weights with zeros baked in, the masks, "
+    "the tokenizer). spd_kernels.load_pruned rebuilds the packed layers, `spd eval` / "
+    "`spd profile --model` read it, and transformers' from_pretrained gives the pruned dense model. "
+    "Prints the file sizes."
 )
 
 

@@ -7,7 +7,7 @@ import argparse
 from ..config import check_file_sections
 from ..data import DataConfig
 from ..distributed import cleanup, init_distributed
-from ..methods import finetune_phases
+from ..methods import check_epochs_and_lr, finetune_phases
 from ..models import load_tokenizer
 from ..trainer import TrainConfig, Trainer
 from ._common import (
@@ -34,13 +34,15 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # no argparse defaults: a config file may set these too (the flag wins); defaults in run()
     p.add_argument(
         "--model",
-        default="embedded",
-        help="Hugging Face name or path, a saved spd model, or 'embedded' (the packaged all-MiniLM-L6-v2)",
+        default=argparse.SUPPRESS,
+        help="Hugging Face name or path, a saved spd model, or 'embedded' (the packaged "
+        "all-MiniLM-L6-v2) (default: embedded)",
     )
-    p.add_argument("--epochs", type=int, default=3, help="training epochs")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate")
+    p.add_argument("--epochs", type=int, default=argparse.SUPPRESS, help="training epochs (default: 3)")
+    p.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="peak learning rate (default: 5e-05)")
     add_common_arguments(p)
 
 
@@ -50,10 +52,13 @@ def run(args) -> int:
         top = {"model": "embedded", "epochs": 3, "lr": 5e-5}
         for k in top:
             top[k] = getattr(args, k, None) if hasattr(args, k) else file_cfg.pop(k, top[k])
-        args.model, args.epochs, args.lr = top["model"], int(top["epochs"]), float(top["lr"])
+        if not isinstance(top["model"], str):
+            raise ValueError(f"config file: model must be a str, got {top['model']!r}")
+        check_epochs_and_lr("", top["epochs"], top["lr"], minimum=1)
+        args.model, args.epochs, args.lr = top["model"], top["epochs"], float(top["lr"])
         check_file_sections(file_cfg, {"data": DataConfig, "train": TrainConfig})
         data_cfg, train_cfg = data_and_train_configs(args, file_cfg)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:  # OSError: files, and transformers' loaders
         return fail(str(e))
     info = init_distributed(train_cfg.device)
     try:
@@ -87,7 +92,7 @@ def run(args) -> int:
         if info.is_main:
             print(summary_line(results))
         return 0
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:  # OSError: files, and transformers' loaders
         return fail(str(e))
     finally:
         cleanup(info)

@@ -18,7 +18,7 @@ from ..methods import (
     prune_phases,
     spd_pruning_config,
 )
-from ..models import load_pretrained, load_tokenizer
+from ..models import check_block_fits, load_pretrained, load_tokenizer
 from ..pruning import PruningConfig
 from ..trainer import TrainConfig, Trainer
 from ._common import (
@@ -106,7 +106,8 @@ def run(args) -> int:
             defaults=method_distill_defaults(method, stages.kd),
         )
         graft = build_config(GraftConfig, args, file_cfg, section="graft", prefix="graft_")
-    except (ValueError, TypeError, FileNotFoundError) as e:
+        check_block_fits(stages.teacher or stages.model, pruning.block)
+    except (ValueError, TypeError, OSError) as e:  # OSError: files, and transformers' loaders
         return fail(str(e))
     info = init_distributed(train_cfg.device)
     try:
@@ -158,7 +159,7 @@ def run(args) -> int:
         if info.is_main:
             print(summary_line(results))
         return 0
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:  # OSError: files, and transformers' loaders
         return fail(str(e))
     finally:
         cleanup(info)
