@@ -135,6 +135,19 @@ def check_products(backend, W, dense, x, dy, bias=None, activation=None, factor=
     return dict(y=got["forward"], dx=xr.grad, dvalues=vr.grad, dbias=got.get("bias grad"), y_k=y_k, z_k=z_k)
 
 
+def check_kernel_products(W, dense, x, dy, dds_t, dds, sdd, what=""):
+    """A backend's three kernels called directly -- ``dds_t(x, values, meta)`` (-> y, z),
+    ``dds(dy, values, meta)``, ``sdd(dy, x, values, meta)`` -- against float64 under the rule."""
+    meta, tag = W.metadata(), f" ({what})" if what else ""
+    y = dds_t(x, W.values, meta)[0]
+    assert_close_to_ref(y, x.double() @ dense.double().t(), x @ dense.t(), "forward" + tag)
+    dx = dds(dy, W.values, meta)
+    assert_close_to_ref(dx, dy.double() @ dense.double(), dy @ dense, "input grad" + tag)
+    dv = sdd(dy, x, W.values, meta)
+    ref = sampled(W, dy.double().t() @ x.double())
+    assert_close_to_ref(dv, ref, sampled(W, dy.t() @ x), "weight grad" + tag)
+
+
 def corrupt_metadata(W, case):
     """W's six metadata arrays (fresh copies), one of them broken as ``case`` says; the message."""
     meta = [t.clone() for t in W.metadata()]

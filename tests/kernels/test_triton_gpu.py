@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import spd_kernels as sk
-from helpers import assert_close_to_ref, check_products, random_sparse
+from helpers import assert_close_to_ref, check_kernel_products, check_products, random_sparse
 from helpers import sampled as _sampled
 from spd_kernels.backends import BACKENDS
 
@@ -132,12 +132,7 @@ def test_strided_operands():
     W, dense = random_sparse(128, 192, (32, 64), 0.5, dtype=torch.float16, device="cuda")
     x = torch.randn(192, 77, device="cuda", dtype=torch.float16).t()
     dy = torch.randn(128, 77, device="cuda", dtype=torch.float16).t()
-    y, _ = kernels.bsr_dds_t(x, W.values, W.metadata())
-    assert_close_to_ref(y, x.double() @ dense.double().t(), x @ dense.t(), "forward")
-    dx = kernels.bsr_dds(dy, W.values, W.metadata())
-    assert_close_to_ref(dx, dy.double() @ dense.double(), dy @ dense, "input grad")
-    dv = kernels.bsr_sdd(dy, x, W.values, W.metadata())
-    assert_close_to_ref(dv, _sampled(W, dy.double().t() @ x.double()), _sampled(W, dy.t() @ x), "dW")
+    check_kernel_products(W, dense, x, dy, kernels.bsr_dds_t, kernels.bsr_dds, kernels.bsr_sdd, "strided")
 
 
 def test_torch_compile_fullgraph(triton_calls):
