@@ -287,11 +287,12 @@ def _base_row(op: str, shape: Shape, dtype: torch.dtype, env: Dict[str, str]) ->
     return row
 
 
-def measure_case(row, bench_fn: Callable[[], Bench], refs, dtype, timer: Timer, plan_: Plan, context=None):
+def measure_case(
+    row, bench_fn: Callable[[], Bench], refs, dtype, timer: Timer, spec: ProfileSpec, device, context=None
+):
     """Build the bench, run it once (and check it against ``refs``, the float64 results, unless
-    None), then time it with ``plan_``'s settings; fills ``row`` in place (``status`` ok,
+    None), then time it on ``device`` with ``spec``'s settings; fills ``row`` in place (``status`` ok,
     skipped, error or mismatch, with the reason in ``note``)."""
-    spec = plan_.spec
     try:
         bench = bench_fn()
     except Unsupported as exc:
@@ -316,7 +317,7 @@ def measure_case(row, bench_fn: Callable[[], Bench], refs, dtype, timer: Timer, 
         del out
         t = timer(
             bench.fn,
-            device=plan_.device,
+            device=device,
             warmup=spec.warmup,
             min_run_time=spec.min_run_time,
             min_samples=spec.min_samples,
@@ -361,7 +362,8 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
                                 None,
                                 dtype,
                                 timer,
-                                plan_,
+                                spec,
+                                plan_.device,
                             )
                         )
                         bar.update(1)
@@ -387,7 +389,8 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
                                     refs,
                                     dtype,
                                     timer,
-                                    plan_,
+                                    spec,
+                                    plan_.device,
                                     context=use_backend(forced),
                                 )
                             )
@@ -402,7 +405,8 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
                                         refs,
                                         dtype,
                                         timer,
-                                        plan_,
+                                        spec,
+                                        plan_.device,
                                     )
                                 )
                                 bar.update(1)

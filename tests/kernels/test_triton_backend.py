@@ -17,10 +17,11 @@ import torch
 pytest.importorskip("triton")
 
 import spd_kernels as sk  # noqa: E402
-from helpers import assert_close_to_ref, check_products, random_sparse, ref_linear  # noqa: E402
+from helpers import assert_close_to_ref, check_kernel_products, check_products, random_sparse, ref_linear  # noqa: E402
 from helpers import sampled as _sampled  # noqa: E402
 from spd_kernels.activations import apply_activation  # noqa: E402
 from spd_kernels.backends import BACKENDS, choose_backend  # noqa: E402
+from spd_kernels.profiling import CSV_COLUMNS  # noqa: E402
 from spd_kernels.triton_ops import load  # noqa: E402
 
 pytestmark = pytest.mark.triton_interp
@@ -115,12 +116,7 @@ def test_strided_operands(kernels):
     x = torch.randn(96, 9).t()
     dy = torch.randn(64, 9).t()
     assert not x.is_contiguous() and not dy.is_contiguous()
-    y, _ = kernels.bsr_dds_t(x, W.values, W.metadata())
-    assert_close_to_ref(y, x.double() @ dense.double().t(), x @ dense.t(), "forward")
-    dx = kernels.bsr_dds(dy, W.values, W.metadata())
-    assert_close_to_ref(dx, dy.double() @ dense.double(), dy @ dense, "input grad")
-    dv = kernels.bsr_sdd(dy, x, W.values, W.metadata())
-    assert_close_to_ref(dv, _sampled(W, dy.double().t() @ x.double()), _sampled(W, dy.t() @ x), "dW")
+    check_kernel_products(W, dense, x, dy, kernels.bsr_dds_t, kernels.bsr_dds, kernels.bsr_sdd, "strided")
 
 
 def test_batched_input_through_sparse_linear():
@@ -245,14 +241,17 @@ def test_gpu_benchmark_smoke(tmp_path):
 
     with (tmp_path / "gpu_bsr_bench_smoke.csv").open() as f:
         rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(CSV_COLUMNS)
     seen = {(r["impl"], r["op"]): r for r in rows}
+    assert {r["backend"] for r in rows if r["impl"] == "spd_kernels"} == {"triton"}
     for op in ("forward", "input_grad", "weight_grad", "fwd_bwd"):
-        for impl in ("triton_bsr", "dense_eager", "dense_compile"):
+        for impl in ("spd_kernels", "dense_eager", "dense_compiled"):
             assert seen[(impl, op)]["status"] == "ok", seen[(impl, op)]
-            assert float(seen[(impl, op)]["p50"]) > 0
-    for op in ("forward", "input_grad", "weight_grad"):
-        assert float(seen[("triton_bsr", op)]["rel_err"]) < 1e-4  # checked against the dense product
-    assert seen[("torch_bsr", "forward")]["status"] == "ok"  # fp32 BSR runs on the CPU too
+            assert float(seen[(impl, op)]["p50_ms"]) > 0
+        # checked against the float64 dense product before timing
+        assert float(seen[("spd_kernels", op)]["max_rel_err"]) < 1e-4
+    assert seen[("torch_sparse", "forward")]["status"] == "ok"  # fp32 BSR runs on the CPU too
+    assert ("torch_sparse_triton", "forward") in seen  # torch's Triton kernels: a row, run or not
     assert (tmp_path / "gpu_bsr_bench_smoke.png").stat().st_size > 0
     assert "| 64→96 | 32x32 | 0.5 |" in (tmp_path / "gpu_bsr_bench_smoke.md").read_text()
 
