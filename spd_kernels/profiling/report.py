@@ -154,7 +154,7 @@ def machine_line(rows: Sequence[Mapping]) -> str:
     ours = f"; spd_kernels backend: {', '.join(backends)}" if backends else ""
     return (
         f"machine: {r.get('device', '?')}, threads={r.get('threads', '?')}; torch {r.get('torch', '?')}, "
-        f"triton {r.get('triton', '?')}{cuda}{ours}; {r.get('timestamp', '')}"
+        f"triton {r.get('triton') or '?'}{cuda}{ours}; {r.get('timestamp', '')}"
     )
 
 
