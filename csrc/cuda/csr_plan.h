@@ -88,14 +88,21 @@ SPD_HD int shared_row_slot(int r, int first_row, int last_row) {
   return r == first_row ? 0 : (r == last_row ? 1 : -1);
 }
 
-// Step of a warp's walk over its pieces: advances *row (tile-local, never backwards) to the
-// row holding piece q and returns that piece's nonzeros [*j0, *j1); `off` holds the tile's
-// row offsets (count + 1 entries), `pend` as in warp_rows.
-SPD_HD void walk_piece(const int32_t* off, const int* pend, int q, int* row, int32_t* j0, int32_t* j1) {
-  while (pend[*row] <= q) ++*row;
-  const int first_piece = *row == 0 ? 0 : pend[*row - 1];
-  piece_entries(off[*row], off[*row + 1], q - first_piece, j0, j1);
-}
+// A warp's walk over its pieces p0, p0 + 1, ... < p1, starting in its first row; `off` holds
+// the tile's row offsets (count + 1 entries), `pend` as in warp_rows.
+struct PieceWalk {
+  int row;  // tile-local row of the current piece
+  SPD_HD explicit PieceWalk(int first_row) : row(first_row < 0 ? 0 : first_row) {}
+  // Piece q's nonzeros [*j0, *j1); returns the row the walk just left (its sum is complete and
+  // goes to store) or -1 while q is still in the same row.
+  SPD_HD int step(const int32_t* off, const int* pend, int q, int32_t* j0, int32_t* j1) {
+    const int before = row;
+    while (pend[row] <= q) ++row;
+    const int first_piece = row == 0 ? 0 : pend[row - 1];
+    piece_entries(off[row], off[row + 1], q - first_piece, j0, j1);
+    return row != before ? before : -1;
+  }
+};
 
 // Lanes per token group: tokens per block TM = 32 * vec, vec in {1, 2, 4, 8}.
 inline int spmm_vec_for(int64_t m) {

@@ -120,15 +120,11 @@ __global__ void __launch_bounds__(kSpmmWarps * 32) csr_spmm_kernel(const SpmmKer
       }
     };
 
-    int row = first_row < 0 ? 0 : first_row;
-    int cur = first_row;
+    PieceWalk walk(first_row);
     for (int q = p0; q < p1; ++q) {
       int32_t j0, j1;
-      walk_piece(s_off, s_pend, q, &row, &j0, &j1);
-      if (row != cur) {
-        store_row(cur);
-        cur = row;
-      }
+      const int done = walk.step(s_off, s_pend, q, &j0, &j1);
+      if (done >= 0) store_row(done);
       const int n = j1 - j0;
       int32_t col = 0;
       float val = 0.f;
@@ -164,7 +160,7 @@ __global__ void __launch_bounds__(kSpmmWarps * 32) csr_spmm_kernel(const SpmmKer
         for (int i = 0; i < V; ++i) acc[i] = fmaf(w, x[i], acc[i]);
       }
     }
-    if (p0 < p1) store_row(cur);
+    if (p0 < p1) store_row(walk.row);
     __syncthreads();
 
     // Shared rows: add the partial slots in warp order (fixed order = reproducible sums).

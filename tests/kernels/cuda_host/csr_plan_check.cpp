@@ -131,21 +131,19 @@ static void check_case(const char* kind, int64_t rows, int64_t cols, int64_t m, 
         }
         acc = 0.0;
       };
-      int row = first_row < 0 ? 0 : first_row, cur = first_row;
+      PieceWalk walk(first_row);
       for (int q = p0; q < p1; ++q) {
         int32_t j0, j1;
-        walk_piece(s_off, s_pend, q, &row, &j0, &j1);
-        if (row != cur) {
-          store_row(cur);
-          cur = row;
-        }
+        const int done = walk.step(s_off, s_pend, q, &j0, &j1);
+        if (done >= 0) store_row(done);
+        const int row = walk.row;
         EXPECT(j1 > j0 && j1 - j0 <= kPiece, "piece %d of row %d: [%d, %d)", q, row, j0, j1);
         for (int32_t j = j0; j < j1; ++j) {
           ++used[j];
           acc += s.values[j] * x[s.indices[j]];
         }
       }
-      if (p0 < p1) store_row(cur);
+      if (p0 < p1) store_row(walk.row);
       // shared rows are never owned by anyone
       for (int k = 0; k < 2; ++k) {
         if (tag[w][k] >= 0) EXPECT(owner[tag[w][k]] == -1, "row %d both shared and owned", tag[w][k]);
