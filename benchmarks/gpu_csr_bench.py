@@ -199,13 +199,11 @@ def crossover(rows: List[dict], against: str = "reference") -> Dict[str, float]:
 
 def crossover_source(table: Dict[str, float], header: List[str]) -> str:
     """The dispatch's crossover table (spd_kernels/backends/_gpu_crossover.py) as Python source."""
-    lines = ["# Written by benchmarks/gpu_csr_bench.py --write-crossover -- do not edit by hand; re-run it."]
-    lines += [f"# {h}" for h in header]
-    lines.append("# backend -> layout -> op -> density below which the sparse kernel beats the dense product")
-    if not table:
-        return "\n".join(lines + ["CROSSOVER = {}", ""])
-    inner = ", ".join(f'"{op}": {v!r}' for op, v in table.items())
-    return "\n".join(lines + ["CROSSOVER = {", f'    "cuda": {{"csr": {{{inner}}}}},', "}", ""])
+    from spd_kernels.nn.crossover import table_source
+
+    first = "Written by benchmarks/gpu_csr_bench.py --write-crossover -- do not edit by hand; re-run it."
+    last = "backend -> layout -> op -> density below which the sparse kernel beats the dense product"
+    return table_source({"cuda": {"csr": table}} if table else {}, [first, *header, last])
 
 
 def markdown(summary: List[dict], sparsity: float) -> str:

@@ -242,7 +242,7 @@ def torch_sparse_bench(op: str, inp: Inputs, W: SparseMatrix) -> Bench:
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
         raise Unsupported(f"cannot build the torch.sparse tensor: {_short(exc)}") from None
     dyt = dy.t().contiguous()
-    fwd = [("F.linear(x, W_sparse)", lambda: F.linear(x, ws))]
+    fwd = [("F.linear(x, W_sparse)", lambda: F.linear(x, ws)), ("(W_sparse @ xᵀ)ᵀ", lambda: (ws @ x.t()).t())]
     dxs = [
         ("dY @ W_sparse", lambda: dy @ ws),
         ("(W_sparseᵀ @ dYᵀ)ᵀ with a transposed sparse copy of W", lambda: (wts @ dyt).t()),
