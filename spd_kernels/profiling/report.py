@@ -203,10 +203,12 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
             f"| {_ms(d.get('dense_compiled'), notes)} "
             f"| {_x(ours)} | {_x(ts)} |"
         )
-    if notes:
-        lines.append("")
-        lines += [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
+
+
+def _with_notes(lines: List[str], notes: List[str]) -> str:
+    """The table's lines, then its numbered notes (why cells did not run)."""
+    return "\n".join(lines + ([""] + [f"[{i + 1}] {n}" for i, n in enumerate(notes)] if notes else []))
 
 
 def model_markdown_table(rows: Sequence[Mapping]) -> str:
@@ -226,10 +228,7 @@ def model_markdown_table(rows: Sequence[Mapping]) -> str:
             f"| {r['shape']} | {r['op']} | {r['M']} | {r['impl']} | {s} "
             f"| {p20} | {_ms(r, notes)} | {p80} | {_x(r)} |"
         )
-    if notes:
-        lines.append("")
-        lines += [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
 
 
 def markdown_report(
