@@ -2,8 +2,8 @@
 // (nnz_blocks, bm, bk) and the six int32 index arrays of spd_kernels.formats.SparseMatrix
 // (row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t).
 //
-// check_meta() reads shapes, dtypes and devices only, so it runs on any device without a
-// synchronisation. check_offsets() / check_range() read the index data and so are for host
+// check_meta(), check_dense(), check_same_rows() and check_bias() read shapes, dtypes and devices only, so they
+// run on any device without a synchronisation. check_offsets() / check_range() read the index data and so are for host
 // memory (the CPU kernels); on a GPU, spd_kernels.formats.check_metadata checks the contents
 // once per pattern before a kernel runs.
 #pragma once
@@ -48,6 +48,29 @@ inline MetaSizes check_meta(const at::Tensor& values, const at::Tensor& row_offs
     TORCH_CHECK_VALUE(t->numel() == nnzb, "index arrays must have nnz_blocks=", nnzb, " entries, got ", t->numel());
   }
   return {row_offsets.numel() - 1, col_offsets.numel() - 1, nnzb, values.size(1), values.size(2)};
+}
+
+// A dense operand of a product, (M, cols), on the weight's device and of its dtype.
+inline void check_dense(const at::Tensor& t, const char* name, int64_t cols, const at::Tensor& values) {
+  SPD_CHECK_DEVICE(t, values.device());
+  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D (M, ", cols, "), got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.size(1) == cols, name, " must have ", cols, " columns, got shape ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == values.scalar_type(), name, " has dtype ", t.scalar_type(),
+                   " but values have dtype ", values.scalar_type());
+}
+
+// The two dense operands of the weight gradient: dy (M, N) and x (M, K) share M.
+inline void check_same_rows(const at::Tensor& dy, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(dy.size(0) == x.size(0), "dy and x must have the same number of rows, got ", dy.sizes(), " and ",
+                    x.sizes());
+}
+
+// The bias of the forward product: (n,), on the weight's device and of its dtype.
+inline void check_bias(const at::Tensor& bias, int64_t n, const at::Tensor& values) {
+  SPD_CHECK_DEVICE(bias, values.device());
+  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == n, "bias must have shape (", n, ",), got ", bias.sizes());
+  TORCH_CHECK_TYPE(bias.scalar_type() == values.scalar_type(), "bias has dtype ", bias.scalar_type(),
+                   " but values have dtype ", values.scalar_type());
 }
 
 // Offsets of a compressed axis (host memory): ptr[0] = 0, non-decreasing, ptr[n] = nnz. Every

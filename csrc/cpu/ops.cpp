@@ -76,11 +76,7 @@ Meta check_cpu_meta(const at::Tensor& values, const at::Tensor& row_offsets, con
 
 // A dense 2-D operand with unit column stride (copied once otherwise).
 at::Tensor dense_operand(const at::Tensor& t, const char* name, int64_t cols, const at::Tensor& values) {
-  SPD_CHECK_CPU(t);
-  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D (M, ", cols, "), got shape ", t.sizes());
-  TORCH_CHECK_VALUE(t.size(1) == cols, name, " must have ", cols, " columns, got shape ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == values.scalar_type(), name, " has dtype ", t.scalar_type(),
-                   " but values have dtype ", values.scalar_type());
+  check_dense(t, name, cols, values);
   if (t.size(1) > 1 && t.stride(1) != 1) return t.contiguous();
   return t;
 }
@@ -96,20 +92,16 @@ std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::T
                                              const at::Tensor& row_indices_t, const at::Tensor& perm_t,
                                              const std::optional<at::Tensor>& bias_in, c10::string_view activation,
                                              bool save_preact) {
-  const Meta m = check_cpu_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t,
-                            BY_ROWS);
+  const Meta m = check_cpu_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t,
+                                perm_t, BY_ROWS);
   const at::Tensor values = values_in.contiguous();
   const int act = activation_code(activation);
   const at::Tensor x = dense_operand(x_in, "x", m.k(), values);
   const int64_t M = x.size(0), N = m.n();
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
-    bias = *bias_in;
-    SPD_CHECK_CPU(bias);
-    TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == N, "bias must have shape (", N, ",), got ", bias.sizes());
-    TORCH_CHECK_TYPE(bias.scalar_type() == values.scalar_type(), "bias has dtype ", bias.scalar_type(),
-                     " but values have dtype ", values.scalar_type());
-    bias = bias.contiguous();
+    check_bias(*bias_in, N, values);
+    bias = bias_in->contiguous();
   }
   at::Tensor y = at::empty({M, N}, x.options());
   at::Tensor z = save_preact ? at::empty({M, N}, x.options()) : at::empty({0}, x.options());
@@ -130,8 +122,8 @@ std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::T
 at::Tensor dds_cpu(const at::Tensor& dy_in, const at::Tensor& values_in, const at::Tensor& row_offsets,
                    const at::Tensor& col_indices, const at::Tensor& block_rows, const at::Tensor& col_offsets,
                    const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
-  const Meta m = check_cpu_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t,
-                            BY_COLS);
+  const Meta m = check_cpu_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t,
+                                perm_t, BY_COLS);
   const at::Tensor values = values_in.contiguous();
   const at::Tensor dy = dense_operand(dy_in, "dy", m.n(), values);
   const int64_t M = dy.size(0), K = m.k();
@@ -150,13 +142,12 @@ at::Tensor dds_cpu(const at::Tensor& dy_in, const at::Tensor& values_in, const a
 at::Tensor sdd_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& values_in,
                    const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& block_rows,
                    const at::Tensor& col_offsets, const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
-  const Meta m = check_cpu_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t,
-                            BY_ROWS);
+  const Meta m = check_cpu_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t,
+                                perm_t, BY_ROWS);
   const at::Tensor values = values_in.contiguous();
   const at::Tensor dy = dense_operand(dy_in, "dy", m.n(), values);
   const at::Tensor x = dense_operand(x_in, "x", m.k(), values);
-  TORCH_CHECK_VALUE(dy.size(0) == x.size(0), "dy and x must have the same number of rows, got ", dy.sizes(),
-                    " and ", x.sizes());
+  check_same_rows(dy, x);
   const int64_t M = x.size(0);
   at::Tensor dw = at::empty(values.sizes(), values.options());
   if (m.nnzb == 0) return dw;

@@ -67,12 +67,6 @@ CsrSizes check_csr(const char* op, const at::Tensor& ref, const char* ref_name, 
   return {s.nbr, s.nbc, s.nnzb};
 }
 
-void check_dense(const char* op, const at::Tensor& t, const char* name, int64_t cols, const char* cols_name) {
-  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
-  TORCH_CHECK(t.size(1) == cols, op, ": ", name, " has ", t.size(1), " columns (shape ", t.sizes(),
-              ") but the weight has ", cols_name, " = ", cols);
-}
-
 // `t` (rows, cols), any strides, as a (cols, ld) row-major copy zero-padded from rows to ld.
 at::Tensor transposed(const at::Tensor& t, int64_t ld, DType dt, cudaStream_t stream) {
   at::Tensor out = at::empty({t.size(1), ld}, t.options());
@@ -131,16 +125,10 @@ std::tuple<at::Tensor, at::Tensor> cuda_dds_t(const at::Tensor& x, const at::Ten
   const char* op = "cuda_dds_t";
   const CsrSizes s =
       check_csr(op, x, "x", values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
-  check_dense(op, x, "x", s.k, "K");
+  check_dense(x, "x", s.k, values);
   dtype_of(x, "x");
   const spd_cuda::Activation act = activation_of(std::string(activation));
-  if (bias.has_value()) {
-    SPD_CHECK_DEVICE(*bias, x.device());
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.n, op, ": bias must have shape (", s.n, "), got ",
-                bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias has dtype ", bias->scalar_type(),
-                " but x has ", x.scalar_type());
-  }
+  if (bias.has_value()) check_bias(*bias, s.n, values);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const int64_t m = x.size(0);
   at::Tensor y = at::empty({m, s.n}, x.options());
@@ -156,7 +144,7 @@ at::Tensor cuda_dds(const at::Tensor& dy, const at::Tensor& values, const at::Te
   const char* op = "cuda_dds";
   const CsrSizes s =
       check_csr(op, dy, "dy", values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
-  check_dense(op, dy, "dy", s.n, "N");
+  check_dense(dy, "dy", s.n, values);
   dtype_of(dy, "dy");
   const c10::cuda::OptionalCUDAGuard guard(dy.device());
   at::Tensor dx = at::empty({dy.size(0), s.k}, dy.options());
@@ -171,12 +159,9 @@ at::Tensor cuda_sdd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor&
   const char* op = "cuda_sdd";
   const CsrSizes s =
       check_csr(op, dy, "dy", values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
-  check_dense(op, dy, "dy", s.n, "N");
-  check_dense(op, x, "x", s.k, "K");
-  SPD_CHECK_DEVICE(x, dy.device());
-  TORCH_CHECK(x.scalar_type() == dy.scalar_type(), op, ": x has dtype ", x.scalar_type(), " but dy has ",
-              dy.scalar_type());
-  TORCH_CHECK(x.size(0) == dy.size(0), op, ": x has ", x.size(0), " rows but dy has ", dy.size(0));
+  check_dense(dy, "dy", s.n, values);
+  check_dense(x, "x", s.k, values);
+  check_same_rows(dy, x);
   const DType dt = dtype_of(dy, "dy");
   const c10::cuda::OptionalCUDAGuard guard(dy.device());
   const int64_t m = dy.size(0);
