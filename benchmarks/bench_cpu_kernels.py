@@ -41,6 +41,7 @@ from spd_kernels.profiling import (  # noqa: E402
     PRESETS,
     ProfileSpec,
     Shape,
+    add_speedups_vs,
     command_line,
     markdown_report,
     preset_shapes,
@@ -60,20 +61,11 @@ EXTRA = ("speedup_vs_torch_sparse", "gflops")
 
 def add_extras(rows: List[dict]) -> List[dict]:
     """torch.sparse p50 / p50 of the same case (spd_kernels rows) and GFLOP/s of every row."""
-    theirs = {
-        (r["op"], r["shape"], r["M"], r["layout"], r["sparsity"]): float(r["p50_ms"])
-        for r in rows
-        if r["impl"] == "torch_sparse" and r["status"] == "ok"
-    }
+    add_speedups_vs(rows, "torch_sparse", "speedup_vs_torch_sparse")
     for r in rows:
-        if r["status"] != "ok":
-            continue
-        p50 = float(r["p50_ms"])
-        nnz = float(r["density"] or 1.0) * int(r["N"]) * int(r["K"])
-        r["gflops"] = 2.0 * int(r["M"]) * nnz / (p50 * 1e-3) / 1e9
-        ts = theirs.get((r["op"], r["shape"], r["M"], r["layout"], r["sparsity"]))
-        if r["impl"] == "spd_kernels" and ts is not None:
-            r["speedup_vs_torch_sparse"] = ts / p50
+        if r["status"] == "ok":
+            nnz = float(r["density"] or 1.0) * int(r["N"]) * int(r["K"])
+            r["gflops"] = 2.0 * int(r["M"]) * nnz / (float(r["p50_ms"]) * 1e-3) / 1e9
     return rows
 
 

@@ -265,6 +265,7 @@ def run(args, device: str = "cuda") -> int:
         ProfileSpec,
         Shape,
         add_speedups,
+        add_speedups_vs,
         base_row,
         command_line,
         environment,
@@ -344,12 +345,7 @@ def run(args, device: str = "cuda") -> int:
                 row["floor_frac"] = fl / (float(row["p50_ms"]) * 1e3)
         print(f"[{i + 1}/{len(cases)}] {case.op} {case.model} {case.layer} M={case.m} s={case.sparsity} "
               f"{case.dtype}: last {rows[-1]['impl']} {rows[-1]['status']}", flush=True)  # fmt: skip
-    add_speedups(rows)
-    for b in _by_case(rows).values():
-        for name in ("cuda", "reference"):
-            if name in b and "cusparse" in b:
-                ratio = float(b["cusparse"]["p50_ms"]) / float(b[name]["p50_ms"])
-                b[name]["speedup_vs_torch_sparse"] = ratio
+    add_speedups_vs(add_speedups(rows), "torch_sparse", "speedup_vs_torch_sparse")
     written = [write_csv(rows, out / "gpu_csr_bench.csv", extra=EXTRA)]
     written.append(
         plot_speedup(

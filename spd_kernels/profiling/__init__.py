@@ -10,6 +10,7 @@ from .grid import OPS, PRESETS, Layout, ProfileSpec, Shape, parse_layout, parse_
 from .report import (
     CSV_COLUMNS,
     add_speedups,
+    add_speedups_vs,
     base_row,
     command_line,
     markdown_report,
@@ -30,6 +31,7 @@ __all__ = [
     "Shape",
     "Timing",
     "add_speedups",
+    "add_speedups_vs",
     "base_row",
     "command_line",
     "environment",

@@ -97,6 +97,24 @@ def add_speedups(rows: List[Row]) -> List[Row]:
     return rows
 
 
+def add_speedups_vs(
+    rows: List[Row], impl: str = "torch_sparse", column: str = "speedup_vs_torch_sparse"
+) -> List[Row]:
+    """Fill ``column`` of the spd_kernels rows in place: p50 of the ``impl`` row of the same case
+    (op, dtype, shape, M, N, K, layout, sparsity) / the row's p50; rows without one keep theirs."""
+    theirs = {
+        _key(r) + (str(r["layout"]), _f(r["sparsity"])): _f(r["p50_ms"])
+        for r in rows
+        if r.get("impl") == impl and r.get("status") == "ok"
+    }
+    for r in rows:
+        if r.get("impl") == "spd_kernels" and r.get("status") == "ok":
+            t = theirs.get(_key(r) + (str(r["layout"]), _f(r["sparsity"])))
+            if t is not None and _f(r["p50_ms"]) > 0:
+                r[column] = t / _f(r["p50_ms"])
+    return rows
+
+
 # ------------------------------------------------------------------ CSV
 def _cell(v) -> str:
     if isinstance(v, float):
