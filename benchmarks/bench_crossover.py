@@ -8,7 +8,8 @@ sparse/dense time ratio crosses 1 (linear interpolation between the last density
 path wins and the first it loses), the minimum over the shapes. It writes
 
 * ``spd_kernels/nn/_crossover_table.py`` (the table MaskedLinear's ``sparse_path="auto"`` reads),
-* ``benchmarks/results/crossover.csv`` (every timing, long format).
+* ``benchmarks/results/crossover.csv`` (every timing, the profiler's long-format CSV; the
+  dense path's rows have impl ``dense_eager``, the sparse path's ``spd_kernels``).
 
 Re-run it whenever a backend's kernels change:
 
@@ -45,31 +46,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def format_table(table) -> str:
-    """The table as Python source in the project's format (one backend/layout per line)."""
-    lines = ["CROSSOVER = {"]
-    for backend, layouts in sorted(table.items()):
-        lines.append(f'    "{backend}": {{')
-        for layout, modes in sorted(layouts.items()):
-            inner = ", ".join(f'"{m}": {float(v)!r}' for m, v in sorted(modes.items()))
-            lines.append(f'        "{layout}": {{{inner}}},')
-        lines.append("    },")
-    lines.append("}")
-    return "\n".join(lines) + "\n" if table else "CROSSOVER = {}\n"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from layer_timing import machine_line, measure, timestamp, versions, write_csv
-
     import spd_kernels as sk
     from spd_kernels.nn import MaskedLinear
-    from spd_kernels.nn.crossover import crossing
+    from spd_kernels.nn.crossover import crossing, table_source
+    from spd_kernels.profiling import base_row, command_line, environment, time_callable, write_csv
+    from spd_kernels.profiling.report import machine_line
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -86,10 +73,11 @@ def main(argv=None) -> int:
     unknown = [name for name in layouts if name not in LAYOUTS]
     if unknown:
         raise SystemExit(f"unknown layouts {unknown}; known: {sorted(LAYOUTS)}")
-    machine = machine_line()
+    env = environment(cpu, args.threads)
+    cmd = command_line("benchmarks/bench_crossover.py", argv)
+    machine = machine_line([env])
     print(f"# {machine}\n# backends {wanted}, tokens {args.tokens}, reps {reps}")
     rows, table = [], {}
-    stamp = timestamp()
     for backend in wanted:
         for layout in layouts:
             block = LAYOUTS[layout]
@@ -120,21 +108,24 @@ def main(argv=None) -> int:
                                 with torch.inference_mode():
                                     layer(x)
 
+                            fn = train_step if mode == "train" else infer_step
                             with sk.use_backend(backend):
-                                t = measure(train_step if mode == "train" else infer_step, args.warmup, reps)
+                                t = time_callable(fn, warmup=args.warmup, min_run_time=1e-3, min_samples=reps)
                             times[path] = t
                             rows.append(
-                                dict(
-                                    op=f"masked_linear_{mode}",
-                                    backend=backend if path == "always" else "dense",
-                                    shape=f"{args.tokens}x{k}->{n}", sparsity=round(1 - density, 4),
-                                    block=f"{block[0]}x{block[1]}", dtype="float32", metric="seconds",
-                                    device=machine, versions=versions(), timestamp=stamp, **t,
+                                base_row(
+                                    env, cmd, op=f"masked_linear_{mode}", shape=f"{args.tokens}x{k}->{n}",
+                                    impl="spd_kernels" if path == "always" else "dense_eager",
+                                    backend=backend if path == "always" else "aten", layout=layout,
+                                    block=f"{block[0]}x{block[1]}", sparsity=round(1 - density, 4),
+                                    density=density, dtype="float32", M=args.tokens, N=n, K=k,
+                                    samples=t.samples, status="ok", note="MaskedLinear sparse_path=" + path,
+                                    speedup_vs_best_dense=times["never"].p50 / t.p50, **t.ms(),
                                 )
                             )  # fmt: skip
-                        ratio = times["always"]["p50"] / times["never"]["p50"]
+                        ratio = times["always"].p50 / times["never"].p50
                         points.append((density, ratio))
-                        dense_ms, sparse_ms = times["never"]["p50"] * 1e3, times["always"]["p50"] * 1e3
+                        dense_ms, sparse_ms = times["never"].p50 * 1e3, times["always"].p50 * 1e3
                         print(
                             f"{backend:>10} {layout:>6} {mode:>5} N={n:<5} K={k:<5} density {density:<5} "
                             f"dense {dense_ms:8.2f} ms  sparse {sparse_ms:8.2f} ms  ratio {ratio:6.2f}",
@@ -148,16 +139,15 @@ def main(argv=None) -> int:
     pprint.pprint(table)
     if args.no_write:
         return 0
-    write_csv(args.csv, rows)
-    cmd = "python benchmarks/bench_crossover.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_csv(rows, args.csv)
     header = [
         "Generated by benchmarks/bench_crossover.py -- do not edit by hand; re-run the script.",
-        *(f"machine: {part}" for part in machine.split("; ")),
+        machine.rsplit("; ", 1)[0],  # the date has its own line
         f"command: {cmd.strip()}",
-        f"date: {stamp}; tokens {args.tokens}; shapes (N, K) {shapes}",
+        f"date: {env['timestamp']}; tokens {args.tokens}; shapes (N, K) {shapes}",
         "backend -> layout -> mode -> density below which the sparse path is faster",
     ]
-    TABLE.write_text("".join(f"# {line}\n" for line in header) + format_table(table))
+    TABLE.write_text(table_source(table, header))
     print(f"wrote {TABLE.relative_to(ROOT)} and {args.csv}")
     return 0
 

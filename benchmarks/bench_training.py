@@ -20,16 +20,16 @@ trained) and, for the SPD and soft-movement runs, each change switched off alone
     python benchmarks/bench_training.py                 # the README table (~15 min on 2 cores)
     python benchmarks/bench_training.py --quick         # a smoke run
 
-Writes benchmarks/results/training_cpu.csv and prints a markdown table with the machine line.
+Writes benchmarks/results/training_cpu.csv (the profiler's long-format CSV: op = case, impl =
+variant, p20/p50/p80 of the per-step time, then the columns of EXTRA) and prints a markdown
+table with the machine line and the command.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -68,22 +68,10 @@ RUNS = {
     "spd": (["prune", "--method", "spd"], {"spd": "spd-stage2", "distill": "spd-stage3"}),
 }
 TOGGLED_RUNS = ("spd", "soft-movement")
-COLUMNS = (
-    "case",
-    "variant",
-    "steps",
-    "s_per_step",
-    "steps_per_s",
-    "tokens_per_s",
-    "padding",
-    "cache_hits",
-    "speedup_vs_today",
-    "threads",
-    "machine",
-    "torch",
-    "timestamp",
-    "command",
-)
+# columns after the profiler's schema (spd_kernels.profiling.CSV_COLUMNS); p20/p50/p80_ms are
+# the per-step times of the phase, s_per_step their mean (what the README table shows)
+EXTRA = ("steps", "s_per_step", "steps_per_s", "tokens_per_s", "padding", "cache_hits", "speedup_vs_today")
+SHAPE = "all-MiniLM-L6-v2, batch 32, max length 64"
 
 
 def parse_args(argv=None):
@@ -103,20 +91,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def machine_line(threads: int) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {threads} threads, torch {torch.__version__}"
-
-
 def phase_stats(metrics_path: str, phase: str, warmup: int) -> dict:
-    """Mean seconds per step after ``warmup`` steps, real tokens/s, mean padding, cache hits."""
+    """Per-step time percentiles (ms) and mean seconds per step after ``warmup`` steps, real
+    tokens/s, mean padding, cache hits."""
+    from spd_kernels.profiling import percentiles
+
     recs = [json.loads(x) for x in open(metrics_path, encoding="utf-8")]
     steps = [r for r in recs if r.get("phase") == phase and "loss" in r]
     if len(steps) <= warmup + 1:
@@ -125,7 +104,17 @@ def phase_stats(metrics_path: str, phase: str, warmup: int) -> dict:
     n = b["step"] - a["step"]
     dt = b["time_s"] - a["time_s"]
     tokens = sum(r.get("tokens", 0) for r in steps[warmup + 1 :])
+    per_step = [
+        (q["time_s"] - p["time_s"]) / (q["step"] - p["step"])
+        for p, q in zip(steps[warmup:], steps[warmup + 1 :])
+        if q["step"] > p["step"]
+    ]
+    p20, p50, p80 = percentiles(per_step)
     return {
+        "p20_ms": p20 * 1e3,
+        "p50_ms": p50 * 1e3,
+        "p80_ms": p80 * 1e3,
+        "samples": len(per_step),
         "steps": n,
         "s_per_step": dt / n,
         "steps_per_s": n / dt,
@@ -138,7 +127,9 @@ def phase_stats(metrics_path: str, phase: str, warmup: int) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT / "python"))
+    sys.path.insert(0, str(ROOT))
     from spd.cli import main as spd_main
+    from spd_kernels.profiling import base_row, command_line, environment, markdown_report, write_csv
 
     runs = ["finetune", "spd"] if args.quick else [r.strip() for r in args.runs.split(",") if r.strip()]
     unknown = [r for r in runs if r not in RUNS]
@@ -156,9 +147,7 @@ def main(argv=None) -> int:
     if spd_main(["finetune", "--epochs", "1", "--output-dir", teacher, *data]) != 0:
         raise SystemExit("teacher fine-tuning failed")
     teacher = os.path.join(teacher, "best")
-    machine = machine_line(args.threads)
-    import torch
-
+    env = environment("cpu", args.threads)
     rows = []
     for run in runs:
         cmd, phases = RUNS[run]
@@ -183,47 +172,37 @@ def main(argv=None) -> int:
             wall = time.time() - t0
             for phase, case in phases.items():
                 st = phase_stats(os.path.join(out, "metrics.jsonl"), phase, args.warmup)
+                cmd_row = "spd " + " ".join(full).replace(work, "$WORK")
                 rows.append(
-                    {
-                        "case": case,
-                        "variant": variant,
-                        **st,
-                        "threads": args.threads,
-                        "machine": machine,
-                        "torch": torch.__version__,
-                        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                        "command": "spd " + " ".join(full).replace(work, "$WORK"),
-                    }
-                )
+                    base_row(
+                        env, cmd_row, op=case, impl=variant, dtype="float32", shape=SHAPE, status="ok",
+                        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), **st,
+                    )
+                )  # fmt: skip
                 print(
                     f"{case:16s} {variant:18s} {st['s_per_step']:.3f} s/step (run {wall:.0f} s)", flush=True
                 )
-    today = {r["case"]: r["s_per_step"] for r in rows if r["variant"] == "today"}
+    today = {r["op"]: r["s_per_step"] for r in rows if r["impl"] == "today"}
     for r in rows:
-        r["speedup_vs_today"] = today[r["case"]] / r["s_per_step"] if r["case"] in today else ""
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{r[k]:.4g}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
-    print(markdown(rows, machine, " ".join(["python benchmarks/bench_training.py", *(argv or sys.argv[1:])])))
+        r["speedup_vs_today"] = today[r["op"]] / r["s_per_step"] if r["op"] in today else ""
+    write_csv(rows, args.csv, extra=EXTRA)
+    legend = "s/step: mean over the phase's steps after the warm-up (p20/p50/p80 per step in the CSV)."
+    command = command_line("benchmarks/bench_training.py", argv)
+    print(markdown_report(rows, command, table=markdown(rows), legend=legend))
     return 0
 
 
-def markdown(rows, machine: str, command: str) -> str:
+def markdown(rows) -> str:
     lines = [
-        f"Machine: {machine}. Command: `{command}`.",
-        "",
         "| case | variant | s/step | steps/s | tokens/s | padding | cache hits | × today |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         x = r["speedup_vs_today"]
         lines.append(
-            f"| {r['case']} | {r['variant']} | {r['s_per_step']:.3f} | {r['steps_per_s']:.2f} | "
-            f"{r['tokens_per_s']:.0f} | {r['padding']:.1%} | {r['cache_hits']} | "
-            + (f"{x:.2f} |" if x != "" else "- |")
+            f"| {r['op']} | {r['impl']} | {float(r['s_per_step']):.3f} | {float(r['steps_per_s']):.2f} | "
+            f"{float(r['tokens_per_s']):.0f} | {float(r['padding']):.1%} | {r['cache_hits']} | "
+            + (f"{float(x):.2f} |" if x != "" else "- |")
         )
     return "\n".join(lines)
 

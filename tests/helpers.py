@@ -1,13 +1,17 @@
-"""Test helpers: random sparse weights and the float64 dense reference."""
+"""Test helpers: random sparse weights, the float64 dense reference, and the one product check
+every backend's tests use (``check_products``) with the tolerance rule (``assert_close_to_ref``)."""
 
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 import spd_kernels as sk
-from spd_kernels.activations import apply_activation
+from spd_kernels import ops
+from spd_kernels.activations import activation_backward, apply_activation
 
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
 
@@ -63,6 +67,85 @@ def assert_close_to_ref(out, ref64, same_dtype_baseline, what="output", factor=2
     eps = torch.finfo(out.dtype).eps
     bound = factor * base + 8 * eps * scale
     assert err <= bound, f"{what}: error {err:.3e} > bound {bound:.3e} (dense same-dtype {base:.3e})"
+
+
+def backend_skip_reasons(backend: str, block, dtype=torch.float32, device="cpu", op: str = "dds_t") -> list:
+    """Why ``backend`` cannot run ``op`` here: its availability reasons (extension not built,
+    no GPU, ...) then the reasons for this call; empty when it can."""
+    return sk.available_backends()[backend] or sk.BACKENDS[backend].not_supported_reasons(
+        op, torch.device(device), dtype, tuple(block)
+    )
+
+
+def skip_unless_runs(backend: str, block, dtype=torch.float32, device="cpu") -> None:
+    """Skip the test with the backend's own reasons when it cannot run the three products."""
+    for op in ("dds_t", "dds", "sdd"):
+        reasons = backend_skip_reasons(backend, block, dtype, device, op)
+        if reasons:
+            pytest.skip(f"{backend} cannot run {op}: {'; '.join(reasons)}")
+
+
+def sampled(W: sk.SparseMatrix, dense_grad: torch.Tensor) -> torch.Tensor:
+    """A dense (N, K) gradient at W's stored blocks, in W's block order (like ``W.values``)."""
+    return sk.SparseMatrix.from_dense(dense_grad, mask=W.block_mask(), block=W.block).values
+
+
+def check_products(backend, W, dense, x, dy, bias=None, activation=None, factor=None, what=""):
+    """The three products of a sparse linear layer on ``backend``, each held to the tolerance rule.
+
+    Runs ``sparse_linear(x, W, bias, activation)`` and its backward (``dy``) through autograd on
+    ``backend`` and compares the output, the input grad, the weight grad (at W's stored entries,
+    in W's value order) and the bias grad with the float64 dense masked product, allowing
+    ``factor`` x the error of the same-dtype dense product (default 2, 4 with an activation).
+    x (M, K), dy (M, N), W (N, K) with ``dense`` its masked dense form, all one dtype and device.
+
+    The backward products are compared for dz = act'(z)·dy taken from the backend's own
+    forward (``ops.dds_t``, pre-activation saved where needed), as autograd computes it: a float64
+    act' would count relu's sign flips of z ~ 0 (rounding) as kernel errors.
+    Returns the backend's results: ``y, dx, dvalues, dbias`` and the forward's ``y_k, z_k``.
+    """
+    act = activation or "none"
+    factor = factor if factor is not None else (2.0 if act == "none" else 4.0)
+    tag = f" ({backend}{', ' + what if what else ''})"
+    with sk.use_backend(backend):
+        xr = x.clone().requires_grad_(True)
+        vr = W.values.clone().requires_grad_(True)
+        br = None if bias is None else bias.clone().requires_grad_(True)
+        y = sk.sparse_linear(xr, W.with_values(vr), br, activation=activation)
+        y.backward(dy)
+        y_k, z_k = ops.dds_t(x, W.values, *W.metadata(), bias, act, act != "none")
+    got = {"forward": y.detach(), "input grad": xr.grad, "weight grad": vr.grad}
+    if bias is not None:
+        got["bias grad"] = br.grad
+    for name, g in got.items():
+        assert g.dtype == x.dtype and g.device == x.device, f"{name}{tag}: {g.dtype} on {g.device}"
+    y64, _ = ref_linear(x, dense, bias, act)
+    same_dtype = apply_activation(F.linear(x, dense, bias), act)
+    assert_close_to_ref(got["forward"], y64, same_dtype, "forward" + tag, factor)
+    dz = activation_backward(dy, y_k, z_k, act).to(x.dtype)
+    dz64 = dz.double()
+    base = {
+        "input grad": (dz64 @ dense.double(), dz @ dense),
+        "weight grad": (sampled(W, dz64.t() @ x.double()), sampled(W, dz.t() @ x)),
+        "bias grad": (dz64.sum(0), dz.sum(0)),
+    }
+    for name, (ref, same_dtype) in base.items():
+        if name in got:
+            assert_close_to_ref(got[name], ref, same_dtype, name + tag, factor)
+    return dict(y=got["forward"], dx=xr.grad, dvalues=vr.grad, dbias=got.get("bias grad"), y_k=y_k, z_k=z_k)
+
+
+def check_kernel_products(W, dense, x, dy, dds_t, dds, sdd, what=""):
+    """A backend's three kernels called directly -- ``dds_t(x, values, meta)`` (-> y, z),
+    ``dds(dy, values, meta)``, ``sdd(dy, x, values, meta)`` -- against float64 under the rule."""
+    meta, tag = W.metadata(), f" ({what})" if what else ""
+    y = dds_t(x, W.values, meta)[0]
+    assert_close_to_ref(y, x.double() @ dense.double().t(), x @ dense.t(), "forward" + tag)
+    dx = dds(dy, W.values, meta)
+    assert_close_to_ref(dx, dy.double() @ dense.double(), dy @ dense, "input grad" + tag)
+    dv = sdd(dy, x, W.values, meta)
+    ref = sampled(W, dy.double().t() @ x.double())
+    assert_close_to_ref(dv, ref, sampled(W, dy.t() @ x), "weight grad" + tag)
 
 
 def corrupt_metadata(W, case):

@@ -7,8 +7,8 @@
 #include <string>
 #include <tuple>
 
-#include "checks.h"
 #include "kernels.h"
+#include "meta_checks.h"
 
 // Without AVX2/FMA at compile time (another architecture, or a portable build without them)
 // the kernels are not registered and the cpu backend reports itself unavailable.
@@ -36,71 +36,39 @@ int activation_code(c10::string_view act) {
   TORCH_CHECK_VALUE(false, "activation must be one of none, relu, gelu, gelu_tanh; got '", std::string(act), "'");
 }
 
-// Offsets of a compressed axis: ptr[0] = 0, non-decreasing, ptr[n] = nnz. Every entry the
-// kernels read lies in [0, nnz), so a bad array is an error here, never an out-of-bounds read.
-void check_offsets(const at::Tensor& t, const char* name, int64_t nnz) {
-  const int32_t* p = t.data_ptr<int32_t>();
-  const int64_t n = t.numel() - 1;
-  TORCH_CHECK_VALUE(p[0] == 0 && p[n] == nnz, name, " must start at 0 and end at nnz_blocks=", nnz, ", got ", p[0],
-                    " ... ", p[n]);
-  for (int64_t i = 0; i < n; ++i)
-    TORCH_CHECK_VALUE(p[i] <= p[i + 1], name, " must be non-decreasing, got ", p[i], " then ", p[i + 1], " at ", i);
-}
-
-void check_range(const at::Tensor& t, const char* name, int64_t hi) {
-  const int32_t* p = t.data_ptr<int32_t>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    TORCH_CHECK_VALUE(p[i] >= 0 && p[i] < hi, name, "[", i, "] = ", p[i], " is outside [0, ", hi, ")");
-}
-
 enum Walk { BY_ROWS = 1, BY_COLS = 2 };
 
-// Shapes, dtypes and devices of values + metadata, and the index ranges of the arrays the
-// kernel will walk (CSR for dds_t/sdd, CSC for dds).
-Meta check_meta(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
-                const at::Tensor& block_rows, const at::Tensor& col_offsets, const at::Tensor& row_indices_t,
-                const at::Tensor& perm_t, int walk) {
-  SPD_CHECK_CPU(values);
-  SPD_CHECK_DIM(values, 3);
+// The shared metadata checks (meta_checks.h), the cpu kernels' dtypes and blocks, and the
+// index ranges of the arrays the kernel will walk (CSR for dds_t/sdd, CSC for dds).
+Meta check_cpu_meta(const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                    const at::Tensor& block_rows, const at::Tensor& col_offsets, const at::Tensor& row_indices_t,
+                    const at::Tensor& perm_t, int walk) {
+  const MetaSizes s =
+      check_meta(values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t, at::kCPU);
   TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16,
                    "values must be float32 or bfloat16 for the cpu kernels, got ", values.scalar_type());
-  for (const at::Tensor* t : {&row_offsets, &col_indices, &block_rows, &col_offsets, &row_indices_t, &perm_t}) {
-    SPD_CHECK_CPU(*t);
-  }
-  SPD_CHECK_INDEX(row_offsets);
-  SPD_CHECK_INDEX(col_indices);
-  SPD_CHECK_INDEX(block_rows);
-  SPD_CHECK_INDEX(col_offsets);
-  SPD_CHECK_INDEX(row_indices_t);
-  SPD_CHECK_INDEX(perm_t);
-  const int64_t nnzb = values.size(0), bm = values.size(1), bk = values.size(2);
-  TORCH_CHECK_VALUE(cpu::block_supported(int(bm), int(bk)),
-                    "the cpu kernels take block (1, 1) or bm, bk multiples of 8; got block (", bm, ", ", bk, ")");
-  TORCH_CHECK_VALUE(row_offsets.numel() >= 1 && col_offsets.numel() >= 1,
-                    "row_offsets and col_offsets need at least one entry, got ", row_offsets.numel(), " and ",
-                    col_offsets.numel());
-  for (const at::Tensor* t : {&col_indices, &block_rows, &row_indices_t, &perm_t}) {
-    TORCH_CHECK_VALUE(t->numel() == nnzb, "index arrays must have nnz_blocks=", nnzb, " entries, got ", t->numel());
-  }
+  TORCH_CHECK_VALUE(cpu::block_supported(int(s.bm), int(s.bk)),
+                    "the cpu kernels take block (1, 1) or bm, bk multiples of 8; got block (", s.bm, ", ", s.bk,
+                    ")");
   Meta m{row_offsets.data_ptr<int32_t>(),
          col_indices.data_ptr<int32_t>(),
          block_rows.data_ptr<int32_t>(),
          col_offsets.data_ptr<int32_t>(),
          row_indices_t.data_ptr<int32_t>(),
          perm_t.data_ptr<int32_t>(),
-         row_offsets.numel() - 1,
-         col_offsets.numel() - 1,
-         nnzb,
-         int(bm),
-         int(bk)};
+         s.nbr,
+         s.nbc,
+         s.nnzb,
+         int(s.bm),
+         int(s.bk)};
   if (walk & BY_ROWS) {
-    check_offsets(row_offsets, "row_offsets", nnzb);
-    check_range(col_indices, "col_indices", m.nbc);
+    check_offsets(row_offsets, "row_offsets", s.nnzb);
+    check_range(col_indices, "col_indices", s.nbc);
   }
   if (walk & BY_COLS) {
-    check_offsets(col_offsets, "col_offsets", nnzb);
-    check_range(row_indices_t, "row_indices_t", m.nbr);
-    check_range(perm_t, "perm_t", nnzb);
+    check_offsets(col_offsets, "col_offsets", s.nnzb);
+    check_range(row_indices_t, "row_indices_t", s.nbr);
+    check_range(perm_t, "perm_t", s.nnzb);
   }
   TORCH_CHECK(cpu_has_avx2_fma(), "the cpu kernels need a CPU with AVX2 and FMA");
   return m;
@@ -108,11 +76,7 @@ Meta check_meta(const at::Tensor& values, const at::Tensor& row_offsets, const a
 
 // A dense 2-D operand with unit column stride (copied once otherwise).
 at::Tensor dense_operand(const at::Tensor& t, const char* name, int64_t cols, const at::Tensor& values) {
-  SPD_CHECK_CPU(t);
-  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D (M, ", cols, "), got shape ", t.sizes());
-  TORCH_CHECK_VALUE(t.size(1) == cols, name, " must have ", cols, " columns, got shape ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == values.scalar_type(), name, " has dtype ", t.scalar_type(),
-                   " but values have dtype ", values.scalar_type());
+  check_dense(t, name, cols, values);
   if (t.size(1) > 1 && t.stride(1) != 1) return t.contiguous();
   return t;
 }
@@ -128,20 +92,16 @@ std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::T
                                              const at::Tensor& row_indices_t, const at::Tensor& perm_t,
                                              const std::optional<at::Tensor>& bias_in, c10::string_view activation,
                                              bool save_preact) {
-  const Meta m = check_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t,
-                            BY_ROWS);
+  const Meta m = check_cpu_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t,
+                                perm_t, BY_ROWS);
   const at::Tensor values = values_in.contiguous();
   const int act = activation_code(activation);
   const at::Tensor x = dense_operand(x_in, "x", m.k(), values);
   const int64_t M = x.size(0), N = m.n();
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
-    bias = *bias_in;
-    SPD_CHECK_CPU(bias);
-    TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == N, "bias must have shape (", N, ",), got ", bias.sizes());
-    TORCH_CHECK_TYPE(bias.scalar_type() == values.scalar_type(), "bias has dtype ", bias.scalar_type(),
-                     " but values have dtype ", values.scalar_type());
-    bias = bias.contiguous();
+    check_bias(*bias_in, N, values);
+    bias = bias_in->contiguous();
   }
   at::Tensor y = at::empty({M, N}, x.options());
   at::Tensor z = save_preact ? at::empty({M, N}, x.options()) : at::empty({0}, x.options());
@@ -162,8 +122,8 @@ std::tuple<at::Tensor, at::Tensor> dds_t_cpu(const at::Tensor& x_in, const at::T
 at::Tensor dds_cpu(const at::Tensor& dy_in, const at::Tensor& values_in, const at::Tensor& row_offsets,
                    const at::Tensor& col_indices, const at::Tensor& block_rows, const at::Tensor& col_offsets,
                    const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
-  const Meta m = check_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t,
-                            BY_COLS);
+  const Meta m = check_cpu_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t,
+                                perm_t, BY_COLS);
   const at::Tensor values = values_in.contiguous();
   const at::Tensor dy = dense_operand(dy_in, "dy", m.n(), values);
   const int64_t M = dy.size(0), K = m.k();
@@ -182,13 +142,12 @@ at::Tensor dds_cpu(const at::Tensor& dy_in, const at::Tensor& values_in, const a
 at::Tensor sdd_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& values_in,
                    const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& block_rows,
                    const at::Tensor& col_offsets, const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
-  const Meta m = check_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t,
-                            BY_ROWS);
+  const Meta m = check_cpu_meta(values_in, row_offsets, col_indices, block_rows, col_offsets, row_indices_t,
+                                perm_t, BY_ROWS);
   const at::Tensor values = values_in.contiguous();
   const at::Tensor dy = dense_operand(dy_in, "dy", m.n(), values);
   const at::Tensor x = dense_operand(x_in, "x", m.k(), values);
-  TORCH_CHECK_VALUE(dy.size(0) == x.size(0), "dy and x must have the same number of rows, got ", dy.sizes(),
-                    " and ", x.sizes());
+  check_same_rows(dy, x);
   const int64_t M = x.size(0);
   at::Tensor dw = at::empty(values.sizes(), values.options());
   if (m.nnzb == 0) return dw;

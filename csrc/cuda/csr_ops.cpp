@@ -14,8 +14,8 @@
 #include <string>
 #include <tuple>
 
-#include "checks.h"
 #include "csr_launch.h"
+#include "meta_checks.h"
 
 namespace spd {
 namespace {
@@ -46,7 +46,7 @@ spd_cuda::Activation activation_of(const std::string& name) {
   return spd_cuda::Activation::kNone;  // unreachable
 }
 
-// Sizes of a CSR (block (1, 1)) weight, after checking its metadata against each other.
+// Sizes of a CSR (block (1, 1)) weight, after the shared metadata checks (meta_checks.h).
 struct CsrSizes {
   int64_t n;    // rows of W
   int64_t k;    // columns of W
@@ -57,40 +57,14 @@ CsrSizes check_csr(const char* op, const at::Tensor& ref, const char* ref_name, 
                    const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& block_rows,
                    const at::Tensor& col_offsets, const at::Tensor& row_indices_t, const at::Tensor& perm_t) {
   TORCH_CHECK(ref.device().is_cuda(), op, ": ", ref_name, " must be a CUDA tensor, got ", ref.device());
-  const auto dev = ref.device();
-  SPD_CHECK_DEVICE(values, dev);
-  SPD_CHECK_DEVICE(row_offsets, dev);
-  SPD_CHECK_DEVICE(col_indices, dev);
-  SPD_CHECK_DEVICE(block_rows, dev);
-  SPD_CHECK_DEVICE(col_offsets, dev);
-  SPD_CHECK_DEVICE(row_indices_t, dev);
-  SPD_CHECK_DEVICE(perm_t, dev);
-  TORCH_CHECK(values.dim() == 3 && values.size(1) == 1 && values.size(2) == 1, op,
+  const MetaSizes s =
+      check_meta(values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t, ref.device());
+  TORCH_CHECK(s.bm == 1 && s.bk == 1, op,
               ": the cuda backend takes CSR weights, values of shape (nnz, 1, 1) (block (1, 1)); got ",
               values.sizes());
   TORCH_CHECK(values.scalar_type() == ref.scalar_type(), op, ": values have dtype ", values.scalar_type(),
               " but ", ref_name, " has ", ref.scalar_type());
-  SPD_CHECK_INDEX(row_offsets);
-  SPD_CHECK_INDEX(col_indices);
-  SPD_CHECK_INDEX(block_rows);
-  SPD_CHECK_INDEX(col_offsets);
-  SPD_CHECK_INDEX(row_indices_t);
-  SPD_CHECK_INDEX(perm_t);
-  TORCH_CHECK(row_offsets.numel() >= 1, op, ": row_offsets must have N + 1 >= 1 entries, got 0");
-  TORCH_CHECK(col_offsets.numel() >= 1, op, ": col_offsets must have K + 1 >= 1 entries, got 0");
-  const int64_t nnz = values.size(0);
-  TORCH_CHECK(nnz < (int64_t{1} << 31), op, ": ", nnz, " stored entries do not fit int32 indices");
-  TORCH_CHECK(col_indices.numel() == nnz && block_rows.numel() == nnz && row_indices_t.numel() == nnz &&
-                  perm_t.numel() == nnz,
-              op, ": values hold ", nnz, " entries but col_indices/block_rows/row_indices_t/perm_t have ",
-              col_indices.numel(), "/", block_rows.numel(), "/", row_indices_t.numel(), "/", perm_t.numel());
-  return {row_offsets.numel() - 1, col_offsets.numel() - 1, nnz};
-}
-
-void check_dense(const char* op, const at::Tensor& t, const char* name, int64_t cols, const char* cols_name) {
-  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
-  TORCH_CHECK(t.size(1) == cols, op, ": ", name, " has ", t.size(1), " columns (shape ", t.sizes(),
-              ") but the weight has ", cols_name, " = ", cols);
+  return {s.nbr, s.nbc, s.nnzb};
 }
 
 // `t` (rows, cols), any strides, as a (cols, ld) row-major copy zero-padded from rows to ld.
@@ -151,16 +125,10 @@ std::tuple<at::Tensor, at::Tensor> cuda_dds_t(const at::Tensor& x, const at::Ten
   const char* op = "cuda_dds_t";
   const CsrSizes s =
       check_csr(op, x, "x", values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
-  check_dense(op, x, "x", s.k, "K");
+  check_dense(x, "x", s.k, values);
   dtype_of(x, "x");
   const spd_cuda::Activation act = activation_of(std::string(activation));
-  if (bias.has_value()) {
-    SPD_CHECK_DEVICE(*bias, x.device());
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.n, op, ": bias must have shape (", s.n, "), got ",
-                bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias has dtype ", bias->scalar_type(),
-                " but x has ", x.scalar_type());
-  }
+  if (bias.has_value()) check_bias(*bias, s.n, values);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const int64_t m = x.size(0);
   at::Tensor y = at::empty({m, s.n}, x.options());
@@ -176,7 +144,7 @@ at::Tensor cuda_dds(const at::Tensor& dy, const at::Tensor& values, const at::Te
   const char* op = "cuda_dds";
   const CsrSizes s =
       check_csr(op, dy, "dy", values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
-  check_dense(op, dy, "dy", s.n, "N");
+  check_dense(dy, "dy", s.n, values);
   dtype_of(dy, "dy");
   const c10::cuda::OptionalCUDAGuard guard(dy.device());
   at::Tensor dx = at::empty({dy.size(0), s.k}, dy.options());
@@ -191,12 +159,9 @@ at::Tensor cuda_sdd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor&
   const char* op = "cuda_sdd";
   const CsrSizes s =
       check_csr(op, dy, "dy", values, row_offsets, col_indices, block_rows, col_offsets, row_indices_t, perm_t);
-  check_dense(op, dy, "dy", s.n, "N");
-  check_dense(op, x, "x", s.k, "K");
-  SPD_CHECK_DEVICE(x, dy.device());
-  TORCH_CHECK(x.scalar_type() == dy.scalar_type(), op, ": x has dtype ", x.scalar_type(), " but dy has ",
-              dy.scalar_type());
-  TORCH_CHECK(x.size(0) == dy.size(0), op, ": x has ", x.size(0), " rows but dy has ", dy.size(0));
+  check_dense(dy, "dy", s.n, values);
+  check_dense(x, "x", s.k, values);
+  check_same_rows(dy, x);
   const DType dt = dtype_of(dy, "dy");
   const c10::cuda::OptionalCUDAGuard guard(dy.device());
   const int64_t m = dy.size(0);

@@ -67,6 +67,43 @@ SPD_HD void piece_entries(int32_t row_begin, int32_t row_end, int q, int32_t* j0
   *j1 = a + kPiece < row_end ? a + kPiece : row_end;
 }
 
+// Tile-local rows holding the first and the last piece of the range [p0, p1), given `pend`,
+// the inclusive prefix count of pieces per row of the tile; -1, -1 for an empty range. Those
+// two rows may be shared with the neighbouring warps; the rows between are the warp's alone.
+SPD_HD void warp_rows(const int* pend, int p0, int p1, int* first_row, int* last_row) {
+  if (p0 >= p1) {
+    *first_row = *last_row = -1;
+    return;
+  }
+  int r = 0;
+  while (pend[r] <= p0) ++r;
+  *first_row = r;
+  while (pend[r] <= p1 - 1) ++r;
+  *last_row = r;
+}
+
+// Where a warp stores the sum of tile-local row r: 0 (its slot for the first row), 1 (its slot
+// for the last row, when that differs from the first) or -1 (the row is the warp's alone).
+SPD_HD int shared_row_slot(int r, int first_row, int last_row) {
+  return r == first_row ? 0 : (r == last_row ? 1 : -1);
+}
+
+// A warp's walk over its pieces p0, p0 + 1, ... < p1, starting in its first row; `off` holds
+// the tile's row offsets (count + 1 entries), `pend` as in warp_rows.
+struct PieceWalk {
+  int row;  // tile-local row of the current piece
+  SPD_HD explicit PieceWalk(int first_row) : row(first_row < 0 ? 0 : first_row) {}
+  // Piece q's nonzeros [*j0, *j1); returns the row the walk just left (its sum is complete and
+  // goes to store) or -1 while q is still in the same row.
+  SPD_HD int step(const int32_t* off, const int* pend, int q, int32_t* j0, int32_t* j1) {
+    const int before = row;
+    while (pend[row] <= q) ++row;
+    const int first_piece = row == 0 ? 0 : pend[row - 1];
+    piece_entries(off[row], off[row + 1], q - first_piece, j0, j1);
+    return row != before ? before : -1;
+  }
+};
+
 // Lanes per token group: tokens per block TM = 32 * vec, vec in {1, 2, 4, 8}.
 inline int spmm_vec_for(int64_t m) {
   int v = 1;

@@ -85,13 +85,8 @@ __global__ void __launch_bounds__(kSpmmWarps * 32) csr_spmm_kernel(const SpmmKer
   const int total = s_pend[count - 1];
   int p0, p1;
   warp_piece_range(total, warp, kSpmmWarps, &p0, &p1);
-  int first_row = -1, last_row = -1;
-  if (p0 < p1) {
-    first_row = 0;
-    while (s_pend[first_row] <= p0) ++first_row;
-    last_row = first_row;
-    while (s_pend[last_row] <= p1 - 1) ++last_row;
-  }
+  int first_row, last_row;
+  warp_rows(s_pend, p0, p1, &first_row, &last_row);
   if (lane == 0) {
     s_tag[warp][0] = first_row;
     s_tag[warp][1] = last_row != first_row ? last_row : -1;
@@ -116,9 +111,8 @@ __global__ void __launch_bounds__(kSpmmWarps * 32) csr_spmm_kernel(const SpmmKer
 
     // Writes the accumulators of tile-local row r (warp-uniform) and clears them.
     auto store_row = [&](int r) {
-      float* dst = r == first_row   ? part + (warp * 2 + 0) * TM
-                   : r == last_row ? part + (warp * 2 + 1) * TM
-                                   : zs + r * ZS;
+      const int slot = shared_row_slot(r, first_row, last_row);
+      float* dst = slot >= 0 ? part + (warp * 2 + slot) * TM : zs + r * ZS;
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         dst[i * 32 + lane] = acc[i];
@@ -126,17 +120,11 @@ __global__ void __launch_bounds__(kSpmmWarps * 32) csr_spmm_kernel(const SpmmKer
       }
     };
 
-    int row = first_row < 0 ? 0 : first_row;
-    int cur = first_row;
+    PieceWalk walk(first_row);
     for (int q = p0; q < p1; ++q) {
-      while (s_pend[row] <= q) ++row;
-      if (row != cur) {
-        store_row(cur);
-        cur = row;
-      }
-      const int first_piece = row == 0 ? 0 : s_pend[row - 1];
       int32_t j0, j1;
-      piece_entries(s_off[row], s_off[row + 1], q - first_piece, &j0, &j1);
+      const int done = walk.step(s_off, s_pend, q, &j0, &j1);
+      if (done >= 0) store_row(done);
       const int n = j1 - j0;
       int32_t col = 0;
       float val = 0.f;
@@ -172,7 +160,7 @@ __global__ void __launch_bounds__(kSpmmWarps * 32) csr_spmm_kernel(const SpmmKer
         for (int i = 0; i < V; ++i) acc[i] = fmaf(w, x[i], acc[i]);
       }
     }
-    if (p0 < p1) store_row(cur);
+    if (p0 < p1) store_row(walk.row);
     __syncthreads();
 
     // Shared rows: add the partial slots in warp order (fixed order = reproducible sums).

@@ -42,7 +42,21 @@ def crossover_density(backend: str, block: Tuple[int, int], mode: str) -> float:
     return float(_crossover_table.CROSSOVER.get(backend, {}).get(layout_name(block), {}).get(mode, 0.0))
 
 
-__all__ = ["MODES", "crossing", "crossover_density", "crossover_table", "layout_name"]
+__all__ = ["MODES", "crossing", "crossover_density", "crossover_table", "layout_name", "table_source"]
+
+
+def table_source(table: Dict[str, Dict[str, Dict[str, float]]], header=()) -> str:
+    """A crossover table (backend -> layout -> mode or op -> density) as the Python source of the
+    files the dispatch reads (``_crossover_table.py``, ``backends/_gpu_crossover.py``): the
+    ``header`` lines as comments, then ``CROSSOVER``, one backend/layout per line."""
+    lines = [f"# {h}" for h in header] + ["CROSSOVER = {" if table else "CROSSOVER = {}"]
+    for backend, layouts in sorted(table.items()):
+        lines.append(f'    "{backend}": {{')
+        for layout, values in sorted(layouts.items()):
+            inner = ", ".join(f'"{k}": {float(v)!r}' for k, v in sorted(values.items()))
+            lines.append(f'        "{layout}": {{{inner}}},')
+        lines.append("    },")
+    return "\n".join(lines + (["}"] if table else [])) + "\n"
 
 
 def crossing(points) -> float:

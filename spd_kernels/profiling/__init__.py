@@ -10,6 +10,9 @@ from .grid import OPS, PRESETS, Layout, ProfileSpec, Shape, parse_layout, parse_
 from .report import (
     CSV_COLUMNS,
     add_speedups,
+    add_speedups_vs,
+    base_row,
+    command_line,
     markdown_report,
     markdown_table,
     plot_speedup,
@@ -17,7 +20,7 @@ from .report import (
     write_csv,
 )
 from .runner import run_plan, run_profile
-from .timing import Timing, environment, percentiles, time_callable
+from .timing import Timing, environment, percentiles, time_callable, time_interleaved, torch_threads
 
 __all__ = [
     "CSV_COLUMNS",
@@ -28,6 +31,9 @@ __all__ = [
     "Shape",
     "Timing",
     "add_speedups",
+    "add_speedups_vs",
+    "base_row",
+    "command_line",
     "environment",
     "markdown_report",
     "markdown_table",
@@ -41,5 +47,7 @@ __all__ = [
     "run_plan",
     "run_profile",
     "time_callable",
+    "time_interleaved",
+    "torch_threads",
     "write_csv",
 ]

@@ -162,6 +162,9 @@ class ProfileSpec:
     ``baselines``: any of ``eager`` (dense ``F.linear`` and the dense backward products),
     ``compiled`` (the same under ``torch.compile``), ``torch-sparse`` (``torch.sparse`` CSR/BSR).
     ``min_run_time`` (seconds) and ``min_samples`` bound each measurement from below.
+    ``compile_backend``: ``torch.compile``'s backend for the ``compiled`` baseline.
+    ``direct``: time the backend's kernels themselves (no dispatch, no autograd; needs a named
+    ``backend``) instead of ``sparse_linear`` & co.
     """
 
     shapes: Sequence[Union[str, Shape]] = field(default_factory=lambda: preset_shapes("minilm"))
@@ -178,6 +181,8 @@ class ProfileSpec:
     min_samples: int = 5
     check: bool = True
     seed: int = 0
+    compile_backend: str = "inductor"
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,8 @@ def plan(spec: ProfileSpec) -> Plan:
     backend = str(spec.backend).strip()
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {spec.backend!r}; expected 'auto' or one of {sorted(BACKENDS)}")
+    if spec.direct and backend == "auto":
+        raise ValueError("direct=True times one backend's kernels: name the backend")
     try:
         device = torch.device(spec.device)
     except (RuntimeError, TypeError):

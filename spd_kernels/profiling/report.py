@@ -1,6 +1,10 @@
 """Profiling results: the long-format CSV, the speedup arithmetic, a markdown table, a plot.
 
-One row per measurement (``CSV_COLUMNS``). Times are milliseconds. The speedup of a row is
+One row per measurement (``CSV_COLUMNS``, then any columns a benchmark adds, ``extra``).
+Times are milliseconds; ``max_rel_err`` is the row's max |out - ref| / max |ref| against the
+float64 dense product (checked before timing); ``command`` is the command line that produced
+the row. Every
+benchmark script and ``spd profile`` write this schema. The speedup of a row is
 
     speedup_vs_best_dense = best_dense_p50 / p50,   best_dense_p50 = min p50 of the dense rows
                                                       (``DENSE_IMPLS``: torch eager / compiled,
@@ -36,14 +40,19 @@ CSV_COLUMNS = (
     "p80_ms",
     "samples",
     "speedup_vs_best_dense",
+    "max_rel_err",
     "status",
     "note",
     "device",
     "threads",
     "torch",
     "triton",
+    "cuda",
     "timestamp",
+    "command",
 )
+# legend names in the plot (others: the impl itself)
+IMPL_LABELS = {"spd_kernels": "spd_kernels", "torch_sparse": "torch.sparse"}
 DENSE_IMPLS = (
     "dense_eager",
     "dense_eager_attention",
@@ -88,6 +97,24 @@ def add_speedups(rows: List[Row]) -> List[Row]:
     return rows
 
 
+def add_speedups_vs(
+    rows: List[Row], impl: str = "torch_sparse", column: str = "speedup_vs_torch_sparse"
+) -> List[Row]:
+    """Fill ``column`` of the spd_kernels rows in place: p50 of the ``impl`` row of the same case
+    (op, dtype, shape, M, N, K, layout, sparsity) / the row's p50; rows without one keep theirs."""
+    theirs = {
+        _key(r) + (str(r["layout"]), _f(r["sparsity"])): _f(r["p50_ms"])
+        for r in rows
+        if r.get("impl") == impl and r.get("status") == "ok"
+    }
+    for r in rows:
+        if r.get("impl") == "spd_kernels" and r.get("status") == "ok":
+            t = theirs.get(_key(r) + (str(r["layout"]), _f(r["sparsity"])))
+            if t is not None and _f(r["p50_ms"]) > 0:
+                r[column] = t / _f(r["p50_ms"])
+    return rows
+
+
 # ------------------------------------------------------------------ CSV
 def _cell(v) -> str:
     if isinstance(v, float):
@@ -95,19 +122,44 @@ def _cell(v) -> str:
     return str(v)
 
 
-def write_csv(rows: Sequence[Mapping], path: str) -> str:
+def write_csv(rows: Sequence[Mapping], path, extra: Sequence[str] = ()) -> str:
+    """Write ``rows`` with the columns ``CSV_COLUMNS`` + ``extra`` (missing cells empty, floats
+    to 6 significant digits); written to a temporary file first, so a reader never sees half."""
+    columns = list(CSV_COLUMNS) + [c for c in extra if c not in CSV_COLUMNS]
+    path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), extrasaction="raise")
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for r in rows:
-            w.writerow({c: _cell(r.get(c, "")) for c in CSV_COLUMNS})
+            w.writerow({c: _cell(r.get(c, "")) for c in columns})
+    os.replace(tmp, path)
     return path
 
 
-def read_csv(path: str) -> List[Row]:
+def read_csv(path) -> List[Row]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The command that reproduces a run: ``python <script> <args>`` (``sys.argv[1:]`` when
+    ``argv`` is None), shell-quoted."""
+    import shlex
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python", script, *(shlex.quote(str(a)) for a in args)])
+
+
+def base_row(env: Mapping[str, str], command: str = "", **cells) -> Row:
+    """A row of the schema with every column empty but the environment, command and ``cells``."""
+    row: Row = {c: "" for c in CSV_COLUMNS}
+    row.update(env)
+    row["command"] = command
+    row.update(cells)
+    return row
 
 
 # ------------------------------------------------------------------ markdown
@@ -116,10 +168,11 @@ def machine_line(rows: Sequence[Mapping]) -> str:
     backends = sorted(
         {str(x["backend"]) for x in rows if x.get("impl") == "spd_kernels" and x.get("backend")}
     )
+    cuda = f", CUDA {r['cuda']}" if r.get("cuda") else ""
+    ours = f"; spd_kernels backend: {', '.join(backends)}" if backends else ""
     return (
         f"machine: {r.get('device', '?')}, threads={r.get('threads', '?')}; torch {r.get('torch', '?')}, "
-        f"triton {r.get('triton', '?')}; spd_kernels backend: {', '.join(backends) or 'n/a'}; "
-        f"{r.get('timestamp', '')}"
+        f"triton {r.get('triton') or '?'}{cuda}{ours}; {r.get('timestamp', '')}"
     )
 
 
@@ -168,10 +221,12 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
             f"| {_ms(d.get('dense_compiled'), notes)} "
             f"| {_x(ours)} | {_x(ts)} |"
         )
-    if notes:
-        lines.append("")
-        lines += [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
+
+
+def _with_notes(lines: List[str], notes: List[str]) -> str:
+    """The table's lines, then its numbered notes (why cells did not run)."""
+    return "\n".join(lines + ([""] + [f"[{i + 1}] {n}" for i, n in enumerate(notes)] if notes else []))
 
 
 def model_markdown_table(rows: Sequence[Mapping]) -> str:
@@ -191,17 +246,22 @@ def model_markdown_table(rows: Sequence[Mapping]) -> str:
             f"| {r['shape']} | {r['op']} | {r['M']} | {r['impl']} | {s} "
             f"| {p20} | {_ms(r, notes)} | {p80} | {_x(r)} |"
         )
-    if notes:
-        lines.append("")
-        lines += [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
 
 
-def markdown_report(rows: Sequence[Mapping], command: str, table: Optional[str] = None) -> str:
-    """The table with the machine line and the command that produced it."""
+def markdown_report(
+    rows: Sequence[Mapping],
+    command: Optional[str] = None,
+    table: Optional[str] = None,
+    legend: str = "p50 in ms (p20/p80 in the CSV); speedup = p50 of the fastest dense implementation / p50.",
+) -> str:
+    """The table with the machine line and the command that produced it (``None``: the rows'
+    ``command``)."""
+    if command is None:
+        command = str(rows[0].get("command", "")) if rows else ""
     return (
         f"{machine_line(rows)}\n\ncommand: `{command}`\n\n"
-        "p50 in ms (p20/p80 in the CSV); speedup = p50 of the fastest dense implementation / p50.\n\n"
+        + (legend + "\n\n" if legend else "")
         + (table if table is not None else markdown_table(rows))
         + "\n"
     )
@@ -223,6 +283,8 @@ def plot_speedup(rows: Sequence[Mapping], path: str, title: Optional[str] = None
     ops: List[str] = []
     layouts: List[str] = []
     dtypes: List[str] = []
+    # several backends of our kernels in one file (e.g. cuda and reference): one line each
+    ours = {str(r.get("backend")) for r in rows if r.get("impl") == "spd_kernels"}
     for r in rows:
         if r.get("impl") in DENSE_IMPLS:
             continue
@@ -237,7 +299,10 @@ def plot_speedup(rows: Sequence[Mapping], path: str, title: Optional[str] = None
         if r.get("status") != "ok" or sp in ("", None) or not _f(sp) > 0:
             continue
         shapes_per_op.setdefault(op, set()).add(str(r["shape"]))
-        key = (op, str(r["impl"]), str(r["layout"]), str(r["dtype"]))
+        impl = str(r["impl"])
+        if impl == "spd_kernels" and len(ours) > 1:
+            impl = f"spd_kernels ({r.get('backend')})"
+        key = (op, impl, str(r["layout"]), str(r["dtype"]))
         pts.setdefault(key, {}).setdefault(_f(r["sparsity"]), []).append(_f(sp))
 
     n = max(1, len(ops))
@@ -259,14 +324,14 @@ def plot_speedup(rows: Sequence[Mapping], path: str, title: Optional[str] = None
             xs = sorted(by_s)
             ys = [_geomean(by_s[x]) for x in xs]
             xs_all += xs
-            label = ("spd_kernels " if impl == "spd_kernels" else "torch.sparse ") + lay
+            label = f"{IMPL_LABELS.get(impl, impl)} {lay}"
             if len(dtypes) > 1:
                 label += f" {dt}"
             ax.plot(
                 xs,
                 ys,
                 color=colors[lay],
-                linestyle="-" if impl == "spd_kernels" else ":",
+                linestyle="-" if impl.startswith("spd_kernels") else ":",
                 marker=markers[dt],
                 label=label,
             )

@@ -17,6 +17,7 @@ dense = min(p50 of dense_eager, p50 of dense_compiled) for the same op, shape an
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops as _ops
-from ..backends import use_backend
+from ..backends import BACKENDS, use_backend
 from ..formats import SparseMatrix
 from ..nn.binarizers import topk_mask
 from .grid import Layout, Plan, ProfileSpec, Shape, dtype_name, plan
@@ -98,17 +99,27 @@ def reference(op: str, inp: Inputs, sp: SparseInputs) -> Tuple[torch.Tensor, ...
     return {"forward": (y,), "input_grad": (dx,), "weight_grad": (dw,), "fwd_bwd": (dx, dw)}[op]
 
 
+def rel_errors(outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor]) -> List[float]:
+    """max |out - ref| / max |ref| of each output (NaN for a shape mismatch)."""
+    errs = []
+    for o, r in zip(outs, refs):
+        if tuple(o.shape) != tuple(r.shape):
+            errs.append(math.nan)
+        elif r.numel() == 0:
+            errs.append(0.0)
+        else:
+            top = r.abs().max().item()
+            errs.append((o.double() - r).abs().max().item() / (top if top > 0 else 1.0))
+    return errs
+
+
 def check(outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor], dtype: torch.dtype) -> Optional[str]:
     """None when every output is within ``CHECK_RTOL[dtype]`` of its float64 reference (relative
     to the reference's max magnitude), else a one-line description of the worst error."""
     tol = CHECK_RTOL[dtype]
-    for i, (o, r) in enumerate(zip(outs, refs)):
+    for i, ((o, r), err) in enumerate(zip(zip(outs, refs), rel_errors(outs, refs))):
         if tuple(o.shape) != tuple(r.shape):
             return f"output {i}: shape {tuple(o.shape)} != reference {tuple(r.shape)}"
-        if r.numel() == 0:
-            continue
-        scale = max(r.abs().max().item(), 1e-30) if r.abs().max().item() > 0 else 1.0
-        err = (o.double() - r).abs().max().item() / scale
         if not err <= tol:
             return f"output {i}: max error {err:.3g} (relative to max |ref|) > {tol:g}"
     return None
@@ -135,6 +146,23 @@ def spd_bench(op: str, inp: Inputs, W: SparseMatrix, backend: str) -> Bench:
     return Bench(fwd_bwd, lambda g: (g[0], W.with_values(g[1]).to_dense()), backend)
 
 
+def kernel_bench(op: str, inp: Inputs, W: SparseMatrix, backend: str) -> Bench:
+    """The backend's kernels called directly (no dispatch, no autograd): what a benchmark of
+    the kernels alone times. ``fwd_bwd`` composes the three products."""
+    b = BACKENDS[backend]
+    x, dy, vals, meta = inp.x, inp.dy, W.values, W.metadata()
+    fns = {
+        "forward": lambda: b.dds_t(x, vals, meta, None, "none", False)[0],
+        "input_grad": lambda: b.dds(dy, vals, meta),
+        "weight_grad": lambda: b.sdd(dy, x, vals, meta),
+    }
+    if op == "fwd_bwd":
+        f1, f2, f3 = fns.values()
+        return Bench(lambda: (f1(), f2(), f3()), lambda o: (o[1], W.with_values(o[2]).to_dense()), backend)
+    canon = (lambda dv: (W.with_values(dv).to_dense(),)) if op == "weight_grad" else (lambda t: (t,))
+    return Bench(fns[op], canon, backend, "kernel called directly")
+
+
 # ------------------------------------------------------------------ dense baselines
 def _dense_fns(op: str, inp: Inputs):
     x, dy, w = inp.x, inp.dy, inp.w
@@ -149,15 +177,15 @@ def _dense_fns(op: str, inp: Inputs):
     return (lambda a, b: F.linear(a, b)), (xg, wg), dy
 
 
-def dense_bench(op: str, inp: Inputs, compiled: bool) -> Bench:
+def dense_bench(op: str, inp: Inputs, compiled: bool, compile_backend: str = "inductor") -> Bench:
     f, args, grad_out = _dense_fns(op, inp)
     note = ""
     if compiled:
         # a fresh dynamo cache per case: dynamic=False and no recompile limit across shapes
         torch._dynamo.reset()
-        f = torch.compile(f, dynamic=False)
+        f = torch.compile(f, dynamic=False, backend=compile_backend)
         note = "torch.compile(dynamic=False), compile time excluded"
-    backend = "inductor" if compiled else "aten"
+    backend = compile_backend if compiled else "aten"
     if grad_out is None:
         return Bench(lambda: f(*args), lambda out: (out,), backend, note)
 
@@ -214,7 +242,7 @@ def torch_sparse_bench(op: str, inp: Inputs, W: SparseMatrix) -> Bench:
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
         raise Unsupported(f"cannot build the torch.sparse tensor: {_short(exc)}") from None
     dyt = dy.t().contiguous()
-    fwd = [("F.linear(x, W_sparse)", lambda: F.linear(x, ws))]
+    fwd = [("F.linear(x, W_sparse)", lambda: F.linear(x, ws)), ("(W_sparse @ xᵀ)ᵀ", lambda: (ws @ x.t()).t())]
     dxs = [
         ("dY @ W_sparse", lambda: dy @ ws),
         ("(W_sparseᵀ @ dYᵀ)ᵀ with a transposed sparse copy of W", lambda: (wts @ dyt).t()),
@@ -259,9 +287,12 @@ def _base_row(op: str, shape: Shape, dtype: torch.dtype, env: Dict[str, str]) ->
     return row
 
 
-def _measure(row, bench_fn: Callable[[], Bench], refs, dtype, timer: Timer, plan_: Plan, context=None):
-    """Build the bench, run it once (and check it), then time it; fills ``row`` in place."""
-    spec = plan_.spec
+def measure_case(
+    row, bench_fn: Callable[[], Bench], refs, dtype, timer: Timer, spec: ProfileSpec, device, context=None
+):
+    """Build the bench, run it once (and check it against ``refs``, the float64 results, unless
+    None), then time it on ``device`` with ``spec``'s settings; fills ``row`` in place (``status`` ok,
+    skipped, error or mismatch, with the reason in ``note``)."""
     try:
         bench = bench_fn()
     except Unsupported as exc:
@@ -277,14 +308,16 @@ def _measure(row, bench_fn: Callable[[], Bench], refs, dtype, timer: Timer, plan
             row.update(status="error", note=f"{type(exc).__name__}: {_short(exc, 300)}")
             return row
         if refs is not None and spec.check:
-            bad = check(bench.canon(out), refs, dtype)
+            outs = bench.canon(out)
+            row["max_rel_err"] = max(rel_errors(outs, refs), default=0.0)
+            bad = check(outs, refs, dtype)
             if bad is not None:
                 row.update(status="mismatch", note=(bench.note + "; " if bench.note else "") + bad)
                 return row
         del out
         t = timer(
             bench.fn,
-            device=plan_.device,
+            device=device,
             warmup=spec.warmup,
             min_run_time=spec.min_run_time,
             min_samples=spec.min_samples,
@@ -304,6 +337,7 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
     rows: List[Dict[str, object]] = []
     forced = None if plan_.backend == "auto" else plan_.backend
     bar = tqdm(total=plan_.n_timings(), desc="spd profile", unit="timing", disable=not progress)
+    bench_of = kernel_bench if spec.direct else spd_bench
 
     def step(desc: str):
         bar.set_postfix_str(desc, refresh=False)
@@ -322,7 +356,15 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
                         row = _base_row(op, shape, dtype, env)
                         row.update(impl=impl, layout="dense", block="", sparsity="", density=1.0)
                         rows.append(
-                            _measure(row, lambda: dense_bench(op, inp, compiled), None, dtype, timer, plan_)
+                            measure_case(
+                                row,
+                                lambda: dense_bench(op, inp, compiled, spec.compile_backend),
+                                None,
+                                dtype,
+                                timer,
+                                spec,
+                                plan_.device,
+                            )
                         )
                         bar.update(1)
                 for layout in plan_.layouts:
@@ -341,13 +383,14 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
                             row.update(impl=SPD_IMPL, **common)
                             backend = plan_.backend_names[(op, dtype, layout.block)]
                             rows.append(
-                                _measure(
+                                measure_case(
                                     row,
-                                    lambda: spd_bench(op, inp, sp.W, backend),
+                                    lambda: bench_of(op, inp, sp.W, backend),
                                     refs,
                                     dtype,
                                     timer,
-                                    plan_,
+                                    spec,
+                                    plan_.device,
                                     context=use_backend(forced),
                                 )
                             )
@@ -356,13 +399,14 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
                                 row = _base_row(op, shape, dtype, env)
                                 row.update(impl=TORCH_SPARSE_IMPL, **common)
                                 rows.append(
-                                    _measure(
+                                    measure_case(
                                         row,
                                         lambda: torch_sparse_bench(op, inp, sp.W),
                                         refs,
                                         dtype,
                                         timer,
-                                        plan_,
+                                        spec,
+                                        plan_.device,
                                     )
                                 )
                                 bar.update(1)

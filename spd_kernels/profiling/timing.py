@@ -4,7 +4,7 @@
   the timer's own overhead negligible and sets the thread count), run again for the missing
   blocks until at least ``min_samples`` exist, so slow calls still get real percentiles.
 * CUDA: ``triton.testing.do_bench`` (L2 flushed between calls, CUDA events) when Triton
-  imports, else CUDA events around each call.
+  imports, else (or with ``flush=False``) CUDA events around each call.
 
 Percentiles are linear-interpolated over the per-call samples (one sample per block on CPU:
 a block's mean per-call time).
@@ -119,7 +119,7 @@ def _time_cuda_events(fn, warmup, min_run_time, min_samples) -> Timing:
     return Timing(p20, p50, p80, len(times), "cuda events")
 
 
-def _time_cuda(fn, warmup, min_run_time, min_samples) -> Timing:
+def _time_cuda(fn, warmup, min_run_time, min_samples, warmup_ms, grad_to_none) -> Timing:
     try:
         from triton.testing import do_bench
     except ImportError:
@@ -127,7 +127,7 @@ def _time_cuda(fn, warmup, min_run_time, min_samples) -> Timing:
     for _ in range(warmup):  # call-count warm-up (autotuning, compilation) before do_bench's own
         fn()
     rep_ms = max(1, int(round(min_run_time * 1e3)))
-    times_ms = list(do_bench(fn, warmup=25, rep=rep_ms, return_mode="all"))
+    times_ms = list(do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, return_mode="all"))
     if len(times_ms) < min_samples:
         return _time_cuda_events(fn, 0, min_run_time, min_samples)
     p20, p50, p80 = percentiles([t / 1e3 for t in times_ms])
@@ -142,6 +142,9 @@ def time_callable(
     min_run_time: float = 0.1,
     min_samples: int = 5,
     threads: Optional[int] = None,
+    grad_to_none: Optional[Sequence[torch.Tensor]] = None,
+    flush: bool = True,
+    warmup_ms: float = 25.0,
 ) -> Timing:
     """Time ``fn()`` (no arguments; build a closure over its inputs).
 
@@ -149,11 +152,25 @@ def time_callable(
     samples are taken for at least ``min_run_time`` seconds and at least ``min_samples``
     samples. ``threads`` sets torch's intra-op threads on CPU (``None``: as it is).
     ``device`` picks the clock: CUDA events for a CUDA device, wall clock otherwise.
+    ``grad_to_none``: tensors whose ``.grad`` is reset before every call (a backward that
+    would otherwise accumulate). On CUDA, ``flush`` clears the L2 cache before each call
+    (``do_bench``; ``False``: plain CUDA events, warm cache) and ``warmup_ms`` is
+    ``do_bench``'s own time-based warm-up.
     """
     _check_args(warmup, min_run_time, min_samples)
     device = torch.device(device)
+    if grad_to_none and not (device.type == "cuda" and flush):
+        call = fn
+
+        def fn():
+            for t in grad_to_none:
+                t.grad = None
+            return call()
+
     if device.type == "cuda":
-        return _time_cuda(fn, int(warmup), float(min_run_time), int(min_samples))
+        if not flush:
+            return _time_cuda_events(fn, int(warmup), float(min_run_time), int(min_samples))
+        return _time_cuda(fn, int(warmup), float(min_run_time), int(min_samples), warmup_ms, grad_to_none)
     return _time_cpu(fn, int(warmup), float(min_run_time), int(min_samples), threads)
 
 
@@ -212,7 +229,8 @@ def device_name(device: torch.device | str) -> str:
 
 
 def environment(device: torch.device | str, threads: Optional[int] = None) -> Dict[str, str]:
-    """The machine line recorded with every row: device, versions, threads, timestamp."""
+    """The machine line recorded with every row: device, threads, versions (torch, triton, the
+    CUDA torch was built with), timestamp."""
     try:
         import triton
 
@@ -224,5 +242,6 @@ def environment(device: torch.device | str, threads: Optional[int] = None) -> Di
         "threads": str(threads if threads is not None else torch.get_num_threads()),
         "torch": torch.__version__,
         "triton": triton_version,
+        "cuda": torch.version.cuda or "",
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -1,5 +1,6 @@
 """The parts of benchmarks/gpu_csr_bench.py that need no GPU: arguments, the case grid, the
-bytes/flops floors, quantiles, the summary, CSV and plots (the timing itself runs on a GPU)."""
+bytes/flops floors, the summary, the crossover, and a whole run on the CPU with the backends
+that run there (the profiler's CSV, table and plot)."""
 
 import importlib.util
 import math
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from spd_kernels.profiling import CSV_COLUMNS, read_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_csr_bench.py"
@@ -88,50 +91,62 @@ def test_floors_follow_bytes_and_flops(bench):
     assert math.isnan(bench.floor_us(small, "cuda", None)[4])
 
 
-def test_quantiles(bench):
-    p50, p20, p80 = bench.quantiles([0.004, 0.001, 0.002, 0.003, 0.005])  # ms
-    assert (p50, p20, p80) == pytest.approx((3.0, 1.8, 4.2))
+def _rows(bench):
+    """CSV rows of the benchmark's schema: times (ms) per --backends name, op, M and sparsity."""
+    rows = []
+    for op in ("forward", "weight_grad"):
+        for m in (128, 16384):
+            for s in (0.5, 0.9):
+                for name, t in TIMES:
+                    if name == "dense_gather" and op != "weight_grad":
+                        continue
+                    impl, backend = bench.IMPLS[name]
+                    t = t * (m / 128) * (1 - s + 0.1) / 1e3
+                    rows.append(
+                        dict(op=op, impl=impl, backend=backend, model="bert-base", layer="ffn-in 768->3072",
+                             M=m, sparsity=s, dtype="bfloat16", status="ok", p50_ms=t, floor_us=1.0,
+                             floor_frac=1e-3 / t)
+                    )  # fmt: skip
+    rows.append(dict(rows[0], impl="torch_sparse", backend="torch.sparse", status="skipped", p50_ms=""))
+    return rows
 
 
 TIMES = (("cuda", 10.0), ("dense", 30.0), ("cusparse", 50.0), ("dense_gather", 40.0))
 
 
-def _rows(bench):
-    rows = []
-    for op in ("fwd", "wgrad"):
-        for m in (128, 16384):
-            for s in (0.5, 0.9):
-                for backend, t in TIMES:
-                    if backend == "dense_gather" and op != "wgrad":
-                        continue
-                    case = bench.Case(op, "bert-base", "ffn-in 768->3072", m, 3072, 768, s, "bf16")
-                    b, f, fb, ff, fl = bench.floor_us(case, backend, (3350.0, 67.0, 989.0))
-                    row = dict(case.__dict__, backend=backend, nnz=case.nnz, metric="time_us", status="ok")
-                    t = t * (m / 128) * (1 - s + 0.1)
-                    row.update(p50=t, p20=0.9 * t, p80=1.1 * t, reps=10, bytes=b, flops=f)
-                    row.update(floor_bytes_us=fb, floor_flops_us=ff, floor_us=fl, floor_frac=fl / t)
-                    rows.append(row)
-    rows.append(dict(rows[0], backend="cusparse", status="unsupported: no bf16", p50=""))
-    return rows
-
-
-def test_summary_markdown_csv_and_plots(bench, tmp_path):
-    rows = _rows(bench)
-    summary = bench.summarize(rows)
+def test_summary_and_markdown(bench):
+    summary = bench.summarize(_rows(bench))
     assert len(summary) == 8
-    s = next(x for x in summary if x["op"] == "fwd" and x["m"] == 128 and x["sparsity"] == 0.9)
+    s = next(x for x in summary if x["op"] == "forward" and x["m"] == 128 and x["sparsity"] == 0.9)
     assert s["speedup_vs_dense"] == pytest.approx(3.0) and s["speedup_vs_cusparse"] == pytest.approx(5.0)
+    assert s["cuda_us"] == pytest.approx(2.0)
     table = bench.markdown(summary, 0.9)
     assert table.count("\n") == 2 + 4 and "3.00x" in table and "5.00x" in table
-    csv_path = tmp_path / "bench.csv"
-    bench.write_csv(csv_path, rows, bench.FIELDS)
-    back = bench.read_csv(csv_path)
-    assert len(back) == len(rows) and list(back[0]) == bench.FIELDS
-    assert bench.summarize(back)[0]["cuda_us"] == pytest.approx(summary[0]["cuda_us"])
-    written = bench.plot(csv_path, tmp_path / "bars.png", tmp_path / "sweep.png")
-    assert written == [tmp_path / "bars.png", tmp_path / "sweep.png"]
-    for p in written:
-        assert p.stat().st_size > 10_000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_writes_the_profiler_schema_on_cpu(bench, tmp_path):
+    """run() end to end on the CPU with the backends that run there (no cuda, no compile)."""
+    args = bench.parse_args(
+        ["--models", "bert-base", "--ms", "4", "--dtypes", "fp32", "--sweep", "0.5", "--rep-ms", "1",
+         "--backends", "reference,dense,cusparse,dense_gather", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert bench.run(args, device="cpu") == 0
+    rows = read_csv(tmp_path / "gpu_csr_bench.csv")
+    assert list(rows[0]) == list(CSV_COLUMNS) + list(bench.EXTRA)
+    # 3 layers at 0.9 + the sweep point, 3 ops; dense_gather on the weight grad only
+    assert len(rows) == 4 * 3 * 3 + 4
+    assert {bench.bench_name(r) for r in rows} == {"reference", "dense", "cusparse", "dense_gather"}
+    assert {r["op"] for r in rows} == {"forward", "input_grad", "weight_grad"}
+    for r in rows:
+        assert r["command"].startswith("python benchmarks/gpu_csr_bench.py --models bert-base")
+        if r["impl"] == "spd_kernels":
+            assert r["status"] == "ok" and float(r["max_rel_err"]) < 1e-4, r
+            assert float(r["p50_ms"]) > 0 and float(r["speedup_vs_best_dense"]) > 0
+        if r["status"] == "ok":
+            assert int(r["bytes"]) > 0 and r["floor_us"] == ""  # a CPU has no peaks: no floor
+    md = (tmp_path / "gpu_csr_summary.md").read_text()
+    assert "machine:" in md and "command: `python benchmarks/gpu_csr_bench.py" in md
+    assert (tmp_path / "gpu_csr_bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _sweep_rows(bench, ratios):
@@ -142,24 +157,25 @@ def _sweep_rows(bench, ratios):
         for density, ratio in by_density.items():
             for backend, t in (("cuda", 10.0 * ratio), ("reference", 10.0)):
                 rows.append(
-                    dict(op=op, model=model, layer=layer, m=m, dtype="bf16", sparsity=1.0 - density,
-                         backend=backend, p50=t, status="ok")
+                    dict(op=op, impl="spd_kernels", backend=backend, model=model, layer=layer, M=m,
+                         dtype="bfloat16", sparsity=1.0 - density, p50_ms=t, status="ok")
                 )  # fmt: skip
     return rows
 
 
 def test_crossover_from_the_sweep(bench, tmp_path):
     ratios = {
-        ("fwd", 128): {0.05: 0.5, 0.2: 0.8, 0.5: 1.2},  # crosses 1 at 0.2 + 0.2 / 0.4 · 0.3 = 0.35
-        ("fwd", 16384): {0.05: 0.4, 0.2: 0.6, 0.5: 1.0},  # 0.2 + 0.4 / 0.4 · 0.3 = 0.5
-        ("dgrad", 128): {0.05: 1.5, 0.5: 3.0},  # never wins
-        ("wgrad", 128): {0.05: 0.2, 0.5: 0.9},  # always wins
-        ("fwd_single", 128): {0.1: 0.5},  # one density: no crossover
+        ("forward", 128): {0.05: 0.5, 0.2: 0.8, 0.5: 1.2},  # crosses 1 at 0.2 + 0.2 / 0.4 · 0.3 = 0.35
+        ("forward", 16384): {0.05: 0.4, 0.2: 0.6, 0.5: 1.0},  # 0.2 + 0.4 / 0.4 · 0.3 = 0.5
+        ("input_grad", 128): {0.05: 1.5, 0.5: 3.0},  # never wins
+        ("weight_grad", 128): {0.05: 0.2, 0.5: 0.9},  # always wins
+        ("weight_grad", 7): {0.1: 0.5},  # one density: no curve
     }
     rows = _sweep_rows(bench, ratios)
     rows.append(dict(rows[0], model="bert-large"))  # another shape: ignored
     table = bench.crossover(rows)
-    assert table == {"dgrad": 0.0, "fwd": pytest.approx(0.35), "wgrad": 1.0}
+    # keyed by the kernel ops the dispatch looks up (spd_kernels.backends.cuda.crossover_density)
+    assert table == {"dds": 0.0, "dds_t": pytest.approx(0.35), "sdd": 1.0}
     source = bench.crossover_source(table, ["measured on a test"])
     path = tmp_path / "table.py"
     path.write_text(source)

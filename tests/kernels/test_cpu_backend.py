@@ -16,6 +16,7 @@ import spd_kernels as sk
 from helpers import assert_close_to_ref, random_sparse, ref_linear
 from spd_kernels import _ext
 from spd_kernels.activations import apply_activation
+from spd_kernels.profiling import CSV_COLUMNS
 
 pytestmark = [pytest.mark.requires_ext]
 
@@ -362,14 +363,43 @@ def test_benchmark_quick_writes_the_csv_schema(tmp_path):
         import bench_cpu_kernels as bench
     finally:
         sys.path.pop(0)
-    assert list(rows[0]) == bench.FIELDS
-    ours = [r for r in rows if r["backend"] == "cpu"]
+    assert list(rows[0]) == list(CSV_COLUMNS) + list(bench.EXTRA)
+    ours = [r for r in rows if r["impl"] == "spd_kernels"]
+    assert {r["backend"] for r in ours} == {"cpu"}
     assert {r["layout"] for r in ours} == {"csr", "bsr16", "bsr32", "bsr64"}
     assert {r["op"] for r in ours} == {"forward", "input_grad", "weight_grad"}
-    assert {r["backend"] for r in rows} >= {"cpu", "dense", "torch.sparse"}
+    assert {r["impl"] for r in rows} >= {"spd_kernels", "dense_eager", "torch_sparse"}
+    assert all(r["status"] == "ok" for r in ours)
     for r in rows:
+        assert r["threads"] == "1" and r["torch"] == torch.__version__
+        assert r["command"].startswith("python benchmarks/bench_cpu_kernels.py --quick")
+        if r["status"] != "ok":
+            assert r["impl"] == "torch_sparse" and r["note"]
+            continue
         p20, p50, p80 = float(r["p20_ms"]), float(r["p50_ms"]), float(r["p80_ms"])
         assert 0 < p20 <= p50 <= p80
-        assert float(r["gflops"]) >= 0 and r["torch_version"] == torch.__version__
-        assert float(r["gflops"]) > 0 or r["backend"] != "dense"
-        assert r["threads"] == "1"
+        assert float(r["gflops"]) > 0
+    # the saved CSV prints the same table
+    again = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "bench_cpu_kernels.py"), "--from-csv", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "| layout | sparsity | forward ms |" in again.stdout and "command: `python" in again.stdout
+
+
+def test_benchmark_minilm_preset():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_cpu_kernels as bench
+    finally:
+        sys.path.pop(0)
+    args = bench.parse_args(["--preset", "minilm"])
+    assert args.layouts == ["csr", "bsr32", "bsr16"]
+    assert sorted({(s.M, s.N, s.K) for s in args.shapes}) == [
+        (m, n, k) for m in (128, 4096) for n, k in ((384, 384), (384, 1536), (1536, 384))
+    ]
+    assert bench.parse_args(["--preset", "minilm", "--m", "64", "--layouts", "csr"]).layouts == ["csr"]

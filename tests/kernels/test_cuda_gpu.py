@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import helpers
 import spd_kernels as sk
 from helpers import (
     METADATA_CASES,
@@ -21,7 +22,7 @@ from helpers import (
     random_sparse,
     ref_linear,
 )
-from spd_kernels.activations import activation_backward, apply_activation
+from spd_kernels.activations import apply_activation
 from spd_kernels.backends import choose_backend
 
 pytestmark = [pytest.mark.requires_cuda, pytest.mark.requires_ext]
@@ -68,33 +69,9 @@ def pattern_of(W):
 
 
 def check_products(W, dense, x, dy, bias, activation=None):
-    """Forward (+ bias, activation), input grad, weight grad and bias grad through autograd on
-    the cuda backend, each against float64 within the tolerance rule."""
-    act = activation or "none"
-    with sk.use_backend("cuda"):
-        xr = x.clone().requires_grad_(True)
-        vr = W.values.clone().requires_grad_(True)
-        br = None if bias is None else bias.clone().requires_grad_(True)
-        y = sk.sparse_linear(xr, W.with_values(vr), br, activation=activation)
-        y.backward(dy)
-    y64, _ = ref_linear(x, dense, bias, act)
-    zd = F.linear(x, dense, bias)
-    factor = 2.0 if act == "none" else 4.0
-    assert_close_to_ref(y, y64, apply_activation(zd, act), "forward", factor=factor)
-    # The backward products see dz = act'(z)·dy, computed (as autograd does) from this
-    # kernel's own y and pre-activation: comparing with float64's act' instead would count
-    # relu's sign flips of z ~ 0 (rounding) as kernel errors.
-    y_k, z_k = _op("cuda_dds_t")(x, W.values, *W.metadata(), bias, act, True)
-    assert torch.equal(y_k, y.detach())
-    dz = activation_backward(dy, y_k, z_k, act)
-    assert_close_to_ref(xr.grad, dz.double() @ dense.double(), dz @ dense, "input grad")
-    pattern = pattern_of(W)
-    dW = W.with_values(vr.grad).to_dense()
-    assert torch.all(dW[~pattern] == 0)
-    full64 = dz.double().t() @ x.double()
-    assert_close_to_ref(dW[pattern], full64[pattern], (dz.t() @ x)[pattern], "weight grad")
-    if bias is not None:
-        assert_close_to_ref(br.grad, dz.double().sum(0), dz.sum(0), "bias grad")
+    """helpers.check_products on the cuda backend, and autograd's forward is the kernel's."""
+    out = helpers.check_products("cuda", W, dense, x, dy, bias, activation)
+    assert torch.equal(out["y_k"], out["y"])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -216,20 +193,22 @@ def test_bad_inputs_raise_with_the_offending_values():
         f(x, W.values, *bad, None, "none", False)
     with pytest.raises(RuntimeError, match=r"x must be a CUDA tensor, got cpu"):
         f(x.cpu(), W.values, *meta, None, "none", False)
-    with pytest.raises(RuntimeError, match=r"x has 25 columns .* K = 24"):
+    with pytest.raises(ValueError, match=r"x must have 24 columns, got shape \[5, 25\]"):
         f(randn(5, 25, dtype=torch.float32, gen=gen), W.values, *meta, None, "none", False)
     with pytest.raises(RuntimeError, match=r"float32, float16 or bfloat16 .* got Double"):
         f(x.double(), W.values.double(), *meta, None, "none", False)
     with pytest.raises(RuntimeError, match=r"values have dtype Half but x has Float"):
         f(x, W.values.half(), *meta, None, "none", False)
-    with pytest.raises(RuntimeError, match=r"bias must have shape \(16\), got \[15\]"):
+    with pytest.raises(ValueError, match=r"bias must have shape \(16,\), got \[15\]"):
         f(x, W.values, *meta, torch.zeros(15, device="cuda"), "none", False)
     with pytest.raises(RuntimeError, match=r"activation must be one of .* got 'swish'"):
         f(x, W.values, *meta, None, "swish", False)
     Wb = sk.SparseMatrix.from_dense(torch.randn(32, 32), block=(16, 16)).to("cuda")
     with pytest.raises(RuntimeError, match=r"values of shape \(nnz, 1, 1\).*\[4, 16, 16\]"):
         f(randn(2, 32, dtype=torch.float32, gen=gen), Wb.values, *Wb.metadata(), None, "none", False)
-    with pytest.raises(RuntimeError, match=r"dy has 3 rows|x has 5 rows but dy has 3"):
+    with pytest.raises(
+        ValueError, match=r"dy and x must have the same number of rows, got \[3, 16\] and \[5, 24\]"
+    ):
         _op("cuda_sdd")(randn(3, 16, dtype=torch.float32, gen=gen), x, W.values, *meta)
 
 

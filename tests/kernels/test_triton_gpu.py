@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import spd_kernels as sk
-from helpers import assert_close_to_ref, random_sparse, ref_linear
-from spd_kernels.activations import apply_activation
+from helpers import assert_close_to_ref, check_kernel_products, check_products, random_sparse
+from helpers import sampled as _sampled
 from spd_kernels.backends import BACKENDS
 
 pytestmark = pytest.mark.requires_cuda
@@ -57,42 +57,14 @@ def triton_calls(monkeypatch):
     return calls
 
 
-def _sampled(W, dense_grad):
-    return sk.SparseMatrix.from_dense(dense_grad, mask=W.block_mask(), block=W.block).values
-
-
-def _check(block, sparsity, m, dtype, activation=None, factor=2.0, calls=None):
+def _check(block, sparsity, m, dtype, activation=None, factor=None, calls=None):
     n, k = _shape(block)
     W, dense = random_sparse(n, k, block, sparsity, dtype=dtype, device="cuda")
     x = torch.randn(m, k, device="cuda").to(dtype)
     bias = torch.randn(n, device="cuda").to(dtype)
     dy = torch.randn(m, n, device="cuda").to(dtype)
-
-    values = W.values.clone().requires_grad_(True)
-    xr = x.clone().requires_grad_(True)
-    br = bias.clone().requires_grad_(True)
-    y = sk.sparse_linear(xr, W.with_values(values), br, activation=activation)
-    y.backward(dy)
-    got = (y.detach(), xr.grad, values.grad, br.grad)
-
-    # same-dtype dense product and its autograd: the error baseline
-    xd = x.clone().requires_grad_(True)
-    wd = dense.clone().requires_grad_(True)
-    bd = bias.clone().requires_grad_(True)
-    yd = apply_activation(xd @ wd.t() + bd, activation or "none")
-    yd.backward(dy)
-    base = (yd.detach(), xd.grad, _sampled(W, wd.grad), bd.grad)
-
-    x64 = x.double().requires_grad_(True)
-    w64 = dense.double().requires_grad_(True)
-    b64 = bias.double().requires_grad_(True)
-    y64, _ = ref_linear(x64, w64, b64, activation)
-    y64.backward(dy.double())
-    ref = (y64.detach(), x64.grad, _sampled(W, w64.grad), b64.grad)
-
-    for what, g, b, r in zip(("forward", "input grad", "weight grad", "bias grad"), got, base, ref):
-        assert g.dtype == dtype and g.device.type == "cuda", what
-        assert_close_to_ref(g, r, b, f"{what} ({dtype}, block {block}, s={sparsity}, M={m})", factor=factor)
+    what = f"{dtype}, block {block}, s={sparsity}, M={m}"
+    check_products("triton", W, dense, x, dy, bias, activation, factor, what)
     if calls is not None:  # the products really ran on the triton backend
         assert sorted(set(calls)) == ["dds", "dds_t", "sdd"], calls
 
@@ -160,12 +132,7 @@ def test_strided_operands():
     W, dense = random_sparse(128, 192, (32, 64), 0.5, dtype=torch.float16, device="cuda")
     x = torch.randn(192, 77, device="cuda", dtype=torch.float16).t()
     dy = torch.randn(128, 77, device="cuda", dtype=torch.float16).t()
-    y, _ = kernels.bsr_dds_t(x, W.values, W.metadata())
-    assert_close_to_ref(y, x.double() @ dense.double().t(), x @ dense.t(), "forward")
-    dx = kernels.bsr_dds(dy, W.values, W.metadata())
-    assert_close_to_ref(dx, dy.double() @ dense.double(), dy @ dense, "input grad")
-    dv = kernels.bsr_sdd(dy, x, W.values, W.metadata())
-    assert_close_to_ref(dv, _sampled(W, dy.double().t() @ x.double()), _sampled(W, dy.t() @ x), "dW")
+    check_kernel_products(W, dense, x, dy, kernels.bsr_dds_t, kernels.bsr_dds, kernels.bsr_sdd, "strided")
 
 
 def test_torch_compile_fullgraph(triton_calls):

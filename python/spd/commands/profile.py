@@ -222,12 +222,14 @@ def _run_model(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, NotImplementedError) as exc:
         return _fail(str(exc))
     os.makedirs(args.out, exist_ok=True)
-    csv_path = write_csv(rows, os.path.join(args.out, "model.csv"))
     cmd = (
         f"spd profile --model {shlex.quote(args.model)} --batch {args.batch} --seq-len {args.seq_len} "
         f"--threads {args.threads} --engines {' '.join(args.engines)} --rounds {args.rounds} "
         f"--repeats {args.repeats}" + (" --compile" if args.compile else "")
     )
+    for r in rows:
+        r["command"] = cmd
+    csv_path = write_csv(rows, os.path.join(args.out, "model.csv"))
     from spd_kernels.profiling.report import markdown_report
 
     md = markdown_report(rows, cmd, table=model_markdown_table(rows))
@@ -277,9 +279,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
     rows = run_plan(validated, progress=not args.no_progress)
+    command = _command(args, shapes)
+    for r in rows:
+        r["command"] = command
     os.makedirs(args.out, exist_ok=True)
     csv_path = write_csv(rows, os.path.join(args.out, "profile.csv"))
-    md = markdown_report(rows, _command(args, shapes))
+    md = markdown_report(rows, command)
     md_path = os.path.join(args.out, "profile.md")
     with open(md_path, "w") as f:
         f.write(md)

@@ -1,7 +1,8 @@
 // Host check of the CSR kernels' work partition (csrc/cuda/csr_plan.h, the header the kernels
-// use): on skewed sparsity patterns, replays the SpMM kernel's control flow block by block and
-// warp by warp -- balanced row tiles, pieces, warp ranges, owned rows vs. shared first/last
-// rows, the ordered combine -- and checks that every nonzero is used exactly once, that no
+// use): on skewed sparsity patterns, drives the partition functions the SpMM kernel calls --
+// balanced row tiles, pieces, warp ranges, the walk over pieces, owned rows vs. shared
+// first/last rows -- block by block and warp by warp, adds the shared rows in warp order as the
+// kernel does, and checks that every nonzero is used exactly once, that no
 // two warps write the same owned row, and that the result equals a direct CSR product.
 // Prints one line per case; exits 1 on the first failure.
 #include <algorithm>
@@ -114,21 +115,15 @@ static void check_case(const char* kind, int64_t rows, int64_t cols, int64_t m, 
       warp_piece_range(total, w, kSpmmWarps, &p0, &p1);
       EXPECT(p0 == covered || p0 == p1, "warp %d starts at piece %d, expected %d", w, p0, covered);
       covered = std::max(covered, p1);
-      int first_row = -1, last_row = -1;
-      if (p0 < p1) {
-        first_row = 0;
-        while (s_pend[first_row] <= p0) ++first_row;
-        last_row = first_row;
-        while (s_pend[last_row] <= p1 - 1) ++last_row;
-      }
+      int first_row, last_row;
+      warp_rows(s_pend, p0, p1, &first_row, &last_row);
       tag[w][0] = first_row;
       tag[w][1] = last_row != first_row ? last_row : -1;
       double acc = 0.0;
       auto store_row = [&](int r) {
-        if (r == first_row) {
-          part[w][0] = acc;
-        } else if (r == last_row) {
-          part[w][1] = acc;
+        const int slot = shared_row_slot(r, first_row, last_row);
+        if (slot >= 0) {
+          part[w][slot] = acc;
         } else {
           if (owner[r] != -1) ++failures, std::printf("FAIL: row %d owned twice\n", r);
           owner[r] = w;
@@ -136,23 +131,19 @@ static void check_case(const char* kind, int64_t rows, int64_t cols, int64_t m, 
         }
         acc = 0.0;
       };
-      int row = first_row < 0 ? 0 : first_row, cur = first_row;
+      PieceWalk walk(first_row);
       for (int q = p0; q < p1; ++q) {
-        while (s_pend[row] <= q) ++row;
-        if (row != cur) {
-          store_row(cur);
-          cur = row;
-        }
-        const int first_piece = row == 0 ? 0 : s_pend[row - 1];
         int32_t j0, j1;
-        piece_entries(s_off[row], s_off[row + 1], q - first_piece, &j0, &j1);
+        const int done = walk.step(s_off, s_pend, q, &j0, &j1);
+        if (done >= 0) store_row(done);
+        const int row = walk.row;
         EXPECT(j1 > j0 && j1 - j0 <= kPiece, "piece %d of row %d: [%d, %d)", q, row, j0, j1);
         for (int32_t j = j0; j < j1; ++j) {
           ++used[j];
           acc += s.values[j] * x[s.indices[j]];
         }
       }
-      if (p0 < p1) store_row(cur);
+      if (p0 < p1) store_row(walk.row);
       // shared rows are never owned by anyone
       for (int k = 0; k < 2; ++k) {
         if (tag[w][k] >= 0) EXPECT(owner[tag[w][k]] == -1, "row %d both shared and owned", tag[w][k]);
