@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 namespace spd {
 namespace cpu {
@@ -189,6 +190,40 @@ inline void epilogue8(__m256 acc, const T* bias, T* y, T* z) {
   if (bias) acc = _mm256_add_ps(acc, ld8(bias));
   if (z) st8(z, acc);
   st8(y, act8<ACT>(acc));
+}
+
+// Outputs from this size go to memory anyway: the block-sparse dds_t and dds stream them
+// (non-temporal stores: no read of each line before it is written, a third of the traffic at high
+// sparsity, where these kernels are bound by it). float32 with 32-byte aligned rows only.
+constexpr int64_t STREAM_BYTES = 4 << 20;
+
+template <typename T>
+inline bool stream_output(const T* out, int64_t rows, int64_t cols) {
+  return std::is_same_v<T, float> && rows * cols * int64_t(sizeof(T)) >= STREAM_BYTES && cols % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(out) % 32 == 0;
+}
+
+// 8 floats to out, streamed or not (float32; other types store normally).
+template <typename T>
+inline void st8_maybe_stream(T* out, __m256 v, bool stream) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (stream) return _mm256_stream_ps(out, v);
+  }
+  st8(out, v);
+}
+
+// The same with a streaming (non-temporal) store of y, for outputs too large to stay in cache:
+// no read-for-ownership of each line. float32 (y 32-byte aligned); other types store normally.
+// The writer issues _mm_sfence() before its results are read.
+template <int ACT, typename T>
+inline void epilogue8_stream(__m256 acc, const T* bias, T* y, T* z) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bias) acc = _mm256_add_ps(acc, ld8(bias));
+    if (z) st8(z, acc);
+    _mm256_stream_ps(y, act8<ACT>(acc));
+  } else {
+    epilogue8<ACT>(acc, bias, y, z);
+  }
 }
 
 template <int ACT, typename T>
