@@ -146,16 +146,34 @@ void fwd_impl(const T* x, int64_t ldx, int64_t M, const T* values, const Meta& m
         v = Psub + (e - e0) * bsz;
       };
       const T* bn = bias ? bias + n0 : nullptr;
+      // a GELU is applied to each 6-row tile right after it is stored (still in L1), outside
+      // the register tile; the streamed store then comes from that pass
+      constexpr bool two_pass = kActSecondPass<ACT, T>;
+      constexpr int TILE_ACT = two_pass ? int(ACT_NONE) : ACT;
       for (int64_t m0 = mb; m0 < me; m0 += MR) {
+        const int rows = int(std::min<int64_t>(MR, me - m0));
+        alignas(32) float tile[MR][W];
         auto store = [&](int rr, int q, __m256 acc) {
           const int64_t o = (m0 + rr) * N + n0 + 8 * q;
-          if (stream)
-            epilogue8_stream<ACT>(acc, bn ? bn + 8 * q : nullptr, y + o, z ? z + o : nullptr);
-          else
-            epilogue8<ACT>(acc, bn ? bn + 8 * q : nullptr, y + o, z ? z + o : nullptr);
+          const T* bq = bn ? bn + 8 * q : nullptr;
+          if constexpr (two_pass) {
+            if (bq) acc = _mm256_add_ps(acc, ld8(bq));
+            if (z) st8(z + o, acc);
+            _mm256_store_ps(&tile[rr][8 * q], acc);
+          } else if (stream) {
+            epilogue8_stream<TILE_ACT>(acc, bq, y + o, z ? z + o : nullptr);
+          } else {
+            epilogue8<TILE_ACT>(acc, bq, y + o, z ? z + o : nullptr);
+          }
         };
-        line_tile_rows<NV, T, float>(int(std::min<int64_t>(MR, me - m0)), x + m0 * ldx, ldx, e0, e1, bk, W,
-                                     entry, store, sub == 0 ? int(std::min<int64_t>(MR, me - m0 - MR)) : 0);
+        line_tile_rows<NV, T, float>(rows, x + m0 * ldx, ldx, e0, e1, bk, W, entry, store,
+                                     sub == 0 ? int(std::min<int64_t>(MR, me - m0 - MR)) : 0);
+        if constexpr (two_pass) {
+          act_rows<ACT>(&tile[0][0], W, rows, NV);
+          for (int rr = 0; rr < rows; ++rr)
+            for (int q = 0; q < NV; ++q)
+              st8_maybe_stream(y + (m0 + rr) * N + n0 + 8 * q, _mm256_load_ps(&tile[rr][8 * q]), stream);
+        }
       }
     }
     if (stream) _mm_sfence();  // the streamed stores are visible before the region's barrier
