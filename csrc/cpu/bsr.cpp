@@ -7,8 +7,9 @@
 // V and 6 broadcasts of A). For dds (dx = dy·W) a line is a block column of W walked through
 // the CSC metadata and V_e is the stored block itself (its rows run along dx's columns), so no
 // transposed copy of the values is made. For dds_t (y = x·Wᵀ) a line is a block row and V_e is
-// the block transposed: each task packs its block row into a reused per-thread float32
-// buffer, in W-wide column panels the micro-kernel reads contiguously.
+// the block transposed: every block is packed once per call (in parallel, by block row) into a
+// float32 buffer of the calling thread, in W-wide column panels the micro-kernel reads
+// contiguously.
 //
 // sdd (dW_s = dyᵀ·x at block s) keeps an MR x W tile of the block in registers while walking
 // the rows m of dy and x. A task is a group of block rows: chunk by chunk of m it copies a
@@ -33,7 +34,7 @@ constexpr int PACK_PF = 8;     // sdd: rows prefetched ahead while packing
 constexpr int SDD_L1 = 24576;  // sdd: bytes of the two packed chunks together
 constexpr int SDD_GROUPS = 2;  // sdd: groups of block rows per thread
 
-thread_local Scratch t_packed;    // dds_t: one block row transposed to float32, per worker
+thread_local Scratch t_packed;    // dds_t: every block transposed to float32, on the calling thread
 thread_local Scratch t_blockacc;  // sdd: float32 sums of one block row (bfloat16 output), per worker
 thread_local Scratch t_dchunk;    // sdd: packed chunks of dy and x, per worker
 
@@ -124,16 +125,19 @@ void fwd_impl(const T* x, int64_t ldx, int64_t M, const T* values, const Meta& m
   const int32_t* ro = mt.row_offsets;
   const int32_t* ci = mt.col_indices;
   const int64_t npan = (M + MC - 1) / MC;
-  int64_t max_row = 0;
-  for (int64_t r = 0; r < nbr; ++r) max_row = std::max<int64_t>(max_row, ro[r + 1] - ro[r]);
+  // Every block transposed once per call, into the calling thread's buffer, shared by the tasks
+  // of all panels (packing per task would repeat it M / MC times).
+  float* Pall = t_packed.get(size_t(std::max<int64_t>(mt.nnzb, 1)) * bsz);
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
+  for (int64_t r = 0; r < nbr; ++r) pack_row_transposed<W>(values, ro[r], ro[r + 1], bm, bk, Pall + ro[r] * bsz);
+  const bool stream = NV == 2 && stream_output(y, M, N);  // whole 64-byte lines per tile row
   // Tasks panel-major: consecutive tasks share the MC rows of x, kept in L2.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t t = 0; t < npan * nbr; ++t) {
     const int64_t pan = t / nbr, r = t % nbr;
     const int64_t mb = pan * MC, me = std::min(M, mb + MC);
     const int64_t e0 = ro[r], e1 = ro[r + 1];
-    float* P = t_packed.get(size_t(std::max<int64_t>(max_row, 1)) * bsz);
-    pack_row_transposed<W>(values, e0, e1, bm, bk, P);
+    const float* P = Pall + e0 * bsz;
     for (int sub = 0; sub < bm / W; ++sub) {
       const int64_t n0 = r * bm + int64_t(sub) * W;
       const float* Psub = P + int64_t(sub) * bk * W;
@@ -142,15 +146,37 @@ void fwd_impl(const T* x, int64_t ldx, int64_t M, const T* values, const Meta& m
         v = Psub + (e - e0) * bsz;
       };
       const T* bn = bias ? bias + n0 : nullptr;
+      // a GELU is applied to each 6-row tile right after it is stored (still in L1), outside
+      // the register tile; the streamed store then comes from that pass
+      constexpr bool two_pass = kActSecondPass<ACT, T>;
+      constexpr int TILE_ACT = two_pass ? int(ACT_NONE) : ACT;
       for (int64_t m0 = mb; m0 < me; m0 += MR) {
+        const int rows = int(std::min<int64_t>(MR, me - m0));
+        alignas(32) float tile[MR][W];
         auto store = [&](int rr, int q, __m256 acc) {
           const int64_t o = (m0 + rr) * N + n0 + 8 * q;
-          epilogue8<ACT>(acc, bn ? bn + 8 * q : nullptr, y + o, z ? z + o : nullptr);
+          const T* bq = bn ? bn + 8 * q : nullptr;
+          if constexpr (two_pass) {
+            if (bq) acc = _mm256_add_ps(acc, ld8(bq));
+            if (z) st8(z + o, acc);
+            _mm256_store_ps(&tile[rr][8 * q], acc);
+          } else if (stream) {
+            epilogue8_stream<TILE_ACT>(acc, bq, y + o, z ? z + o : nullptr);
+          } else {
+            epilogue8<TILE_ACT>(acc, bq, y + o, z ? z + o : nullptr);
+          }
         };
-        line_tile_rows<NV, T, float>(int(std::min<int64_t>(MR, me - m0)), x + m0 * ldx, ldx, e0, e1, bk, W,
-                                     entry, store, sub == 0 ? int(std::min<int64_t>(MR, me - m0 - MR)) : 0);
+        line_tile_rows<NV, T, float>(rows, x + m0 * ldx, ldx, e0, e1, bk, W, entry, store,
+                                     sub == 0 ? int(std::min<int64_t>(MR, me - m0 - MR)) : 0);
+        if constexpr (two_pass) {
+          act_rows<ACT>(&tile[0][0], W, rows, NV);
+          for (int rr = 0; rr < rows; ++rr)
+            for (int q = 0; q < NV; ++q)
+              st8_maybe_stream(y + (m0 + rr) * N + n0 + 8 * q, _mm256_load_ps(&tile[rr][8 * q]), stream);
+        }
       }
     }
+    if (stream) _mm_sfence();  // the streamed stores are visible before the region's barrier
   }
 }
 
@@ -175,6 +201,7 @@ void dds_impl(const T* dy, int64_t lddy, int64_t M, const T* values, const Meta&
   const int32_t* rt = mt.row_indices_t;
   const int32_t* pt = mt.perm_t;
   const int64_t npan = (M + MC - 1) / MC;
+  const bool stream = NV == 2 && stream_output(dx, M, K);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t t = 0; t < npan * nbc; ++t) {
     const int64_t pan = t / nbc, c = t % nbc;
@@ -188,11 +215,12 @@ void dds_impl(const T* dy, int64_t lddy, int64_t M, const T* values, const Meta&
         v = vsub + int64_t(pt[e]) * bsz;
       };
       for (int64_t m0 = mb; m0 < me; m0 += MR) {
-        auto store = [&](int rr, int q, __m256 acc) { st8(dx + (m0 + rr) * K + j0 + 8 * q, acc); };
+        auto store = [&](int rr, int q, __m256 acc) { st8_maybe_stream(dx + (m0 + rr) * K + j0 + 8 * q, acc, stream); };
         line_tile_rows<NV, T, T>(int(std::min<int64_t>(MR, me - m0)), dy + m0 * lddy, lddy, e0, e1, bm, bk,
                                  entry, store, sub == 0 ? int(std::min<int64_t>(MR, me - m0 - MR)) : 0);
       }
     }
+    if (stream) _mm_sfence();
   }
 }
 

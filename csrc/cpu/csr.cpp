@@ -114,6 +114,8 @@ void spmm_impl(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols,
                const int32_t* idx, const int32_t* perm, const T* vals, const T* bias, T* y, T* z, int nt) {
   constexpr int P = 8 * V;
   const int64_t npan = (M + P - 1) / P;
+  // (no streaming stores here: a task writes 32 bytes of each row at a time, half a cache line,
+  // and partial lines streamed to memory cost more than they save)
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t pan = 0; pan < npan; ++pan) {
     const int64_t m0 = pan * P, rows = std::min<int64_t>(P, M - m0);

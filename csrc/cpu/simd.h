@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 namespace spd {
 namespace cpu {
@@ -122,28 +123,36 @@ inline __m256 exp8(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-// 1 / d for d >= 1: the 12-bit estimate and one Newton step (~2 ulp), a few times cheaper
-// than a division, which would cost as much as the rest of the GELU epilogue.
-inline __m256 rcp8_ge1(__m256 d) {
+// 1 / d for finite d != 0: the 12-bit estimate and one Newton step (~2 ulp), a few times cheaper
+// than a division.
+inline __m256 rcp8(__m256 d) {
   __m256 r = _mm256_rcp_ps(d);
   return _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));  // r (2 - d r)
 }
 
-// erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), the form ATen's vectorised erf uses.
+// erf(x) = x P(x^2) / Q(x^2) on x clamped to [-4, 4] (erf(4) rounds to 1 in float32): a rational
+// minimax form (the one Eigen and XLA use for float32), |error| < 1e-7 in exact arithmetic. No
+// exp and two short independent polynomial chains: about twice the throughput of
+// Abramowitz-Stegun 7.1.26 with its exp. Clamps written (const, x) so a NaN passes through.
 inline __m256 erf8(__m256 x) {
-  const __m256 neg0 = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
-  __m256 sign = _mm256_and_ps(neg0, x);
-  __m256 a = _mm256_xor_ps(sign, x);
-  // d = 1 + p min(|x|, 10) in [1, 4.3]: no inf reaches the Newton step (erf(10) is 1 in float;
-  // min written (const, a) so a NaN passes through)
-  __m256 t = rcp8_ge1(_mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), _mm256_min_ps(_mm256_set1_ps(10.0f), a), one));
-  __m256 r = _mm256_fmadd_ps(_mm256_set1_ps(1.061405429f), t, _mm256_set1_ps(-1.453152027f));
-  r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(1.421413741f));
-  r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(-0.284496736f));
-  r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(0.254829592f));
-  __m256 e = exp8(_mm256_xor_ps(neg0, _mm256_mul_ps(x, x)));
-  __m256 v = _mm256_fnmadd_ps(_mm256_mul_ps(e, t), r, one);  // 1 - t r exp(-x^2)
-  return _mm256_xor_ps(sign, v);
+  x = _mm256_max_ps(_mm256_set1_ps(-4.0f), _mm256_min_ps(_mm256_set1_ps(4.0f), x));
+  const __m256 x2 = _mm256_mul_ps(x, x);
+  __m256 p = _mm256_fmadd_ps(x2, _mm256_set1_ps(-2.72614225801306e-10f), _mm256_set1_ps(2.77068142495902e-08f));
+  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.10102402082508e-06f));
+  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-5.69250639462346e-05f));
+  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-7.34990630326855e-04f));
+  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.95459980854025e-03f));
+  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-1.60960333262415e-02f));
+  __m256 q = _mm256_fmadd_ps(x2, _mm256_set1_ps(-1.45660718464996e-05f), _mm256_set1_ps(-2.13374055278905e-04f));
+  q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.68282697438203e-03f));
+  q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-7.37332916720468e-03f));
+  q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.42647390514189e-02f));  // q <= -0.0142: never 0
+  const __m256 r = _mm256_mul_ps(_mm256_mul_ps(x, p), rcp8(q));
+  // from |x| = 3.9 erf rounds to +-1: return it exactly, so that 1 + erf(x) is 0 far left (a GELU
+  // of -100 is -0, not -100 times the approximation's error)
+  const __m256 big = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), _mm256_set1_ps(3.9f), _CMP_GE_OQ);
+  const __m256 one = _mm256_or_ps(_mm256_and_ps(_mm256_set1_ps(-0.0f), x), _mm256_set1_ps(1.0f));
+  return _mm256_blendv_ps(r, one, big);
 }
 
 // tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|) in (0, 1]: no overflow.
@@ -189,6 +198,68 @@ inline void epilogue8(__m256 acc, const T* bias, T* y, T* z) {
   if (bias) acc = _mm256_add_ps(acc, ld8(bias));
   if (z) st8(z, acc);
   st8(y, act8<ACT>(acc));
+}
+
+// The activation as a second pass over outputs still in L1: y[r * ldy + 8q .. +8) = act(...) for
+// r < rows, q < nvec, four vectors at a time (independent chains). Applied inside a 6x16 register
+// tile the activation's temporaries spill the twelve accumulators, which made a fused GELU cost
+// more than a separate pass over memory. float32 only (bfloat16 would round before the activation).
+template <int ACT>
+inline void act_rows(float* y, int64_t ldy, int64_t rows, int nvec) {
+  const int64_t n = rows * nvec;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    float* p[4];
+    __m256 v[4];
+    for (int u = 0; u < 4; ++u) {
+      p[u] = y + ((i + u) / nvec) * ldy + 8 * ((i + u) % nvec);
+      v[u] = _mm256_loadu_ps(p[u]);
+    }
+    for (int u = 0; u < 4; ++u) v[u] = act8<ACT>(v[u]);
+    for (int u = 0; u < 4; ++u) _mm256_storeu_ps(p[u], v[u]);
+  }
+  for (; i < n; ++i) {
+    float* q = y + (i / nvec) * ldy + 8 * (i % nvec);
+    _mm256_storeu_ps(q, act8<ACT>(_mm256_loadu_ps(q)));
+  }
+}
+
+// Whether a float32 forward applies ACT in a second pass (act_rows) instead of in its tile.
+template <int ACT, typename T>
+constexpr bool kActSecondPass = (ACT == ACT_GELU || ACT == ACT_GELU_TANH) && std::is_same_v<T, float>;
+
+// Outputs from this size go to memory anyway: the block-sparse dds_t and dds stream them
+// (non-temporal stores: no read of each line before it is written, a third of the traffic at high
+// sparsity, where these kernels are bound by it). float32 with 32-byte aligned rows only.
+constexpr int64_t STREAM_BYTES = 4 << 20;
+
+template <typename T>
+inline bool stream_output(const T* out, int64_t rows, int64_t cols) {
+  return std::is_same_v<T, float> && rows * cols * int64_t(sizeof(T)) >= STREAM_BYTES && cols % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(out) % 32 == 0;
+}
+
+// 8 floats to out, streamed or not (float32; other types store normally).
+template <typename T>
+inline void st8_maybe_stream(T* out, __m256 v, bool stream) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (stream) return _mm256_stream_ps(out, v);
+  }
+  st8(out, v);
+}
+
+// The same with a streaming (non-temporal) store of y, for outputs too large to stay in cache:
+// no read-for-ownership of each line. float32 (y 32-byte aligned); other types store normally.
+// The writer issues _mm_sfence() before its results are read.
+template <int ACT, typename T>
+inline void epilogue8_stream(__m256 acc, const T* bias, T* y, T* z) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bias) acc = _mm256_add_ps(acc, ld8(bias));
+    if (z) st8(z, acc);
+    _mm256_stream_ps(y, act8<ACT>(acc));
+  } else {
+    epilogue8<ACT>(acc, bias, y, z);
+  }
 }
 
 template <int ACT, typename T>

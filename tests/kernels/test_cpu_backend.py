@@ -96,6 +96,21 @@ def test_csr_wide_operand_uses_narrow_panels(n, k):
     check_all(x, W, dense, dy, bias, "gelu_tanh")
 
 
+@pytest.mark.parametrize("block,n", [((1, 1), 512), ((1, 1), 516), ((32, 32), 512)])
+def test_large_outputs_are_streamed_to_memory_correctly(block, n):
+    """From 4 MB the forward and input-grad outputs are written with non-temporal stores (float32,
+    widths a multiple of 8); a width that is not (516) takes the normal stores."""
+    W, dense = random_sparse(n, n, block, 0.9)
+    x, dy, bias = torch.randn(2048, n), torch.randn(2048, n), torch.randn(n)
+    assert 2048 * n * 4 >= 4 << 20
+    y, z, dx, _ = products(x, W, dy, bias, "gelu", save_preact=True)
+    ref, zref = ref_linear(x, dense, bias, "gelu")
+    zd = x @ dense.t() + bias
+    assert_close_to_ref(z, zref, zd, "pre-activation")
+    assert_close_to_ref(y, ref, apply_activation(zd, "gelu"), "forward")
+    assert_close_to_ref(dx, dy.double() @ dense.double(), dy @ dense, "input grad")
+
+
 @pytest.mark.parametrize("block", [(1, 1), (32, 32)])
 @pytest.mark.parametrize("sparsity", [0.0, 1.0])
 def test_dense_and_empty_patterns(block, sparsity):
