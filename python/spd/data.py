@@ -201,6 +201,7 @@ def embedded_dataset(seed: int = 0):
     splits, task = load_rotten_tomatoes(seed)
     return to_dataset_dict(splits, task)
 
+
 # ---------------------------------------------------------------------- GLUE
 def glue_splits(dataset_dict, task: str, seed: int = 0) -> Tuple[Dict[str, TextSplit], TaskInfo]:
     """Train/validation/test from a GLUE ``DatasetDict`` (the hub's ``nyu-mll/glue``).
