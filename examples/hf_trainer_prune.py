@@ -36,13 +36,11 @@ test, spd = data["test"], a.method == "spd"
 def args(name, epochs, lr):  # a global batch of 32 sentences whatever the number of processes
     return TrainingArguments(f"{a.out}/{name}", num_train_epochs=epochs, learning_rate=lr, warmup_steps=0.1,
                              per_device_train_batch_size=32 // world, per_device_eval_batch_size=64,
-                             save_strategy="no", logging_steps=20, report_to=[], seed=0)  # fmt: skip
+                             save_strategy="no", logging_steps=20, report_to=[], seed=0,
+                             use_cpu=not torch.cuda.is_available())  # fmt: skip
 
 
-def accuracy(pred):
-    return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
-
-
+accuracy = lambda pred: {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}  # noqa: E731
 kw = dict(train_dataset=data["train"].select(range(a.train_samples)), compute_metrics=accuracy,
           data_collator=DataCollatorWithPadding(tok))  # fmt: skip
 dense = Trainer(model=teacher, args=args("teacher", 2, 1e-4), **kw)  # 1. fine-tune the dense teacher
