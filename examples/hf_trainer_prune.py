@@ -1,8 +1,8 @@
 """Prune the embedded MiniLM-L6 on the embedded Rotten Tomatoes data in a Hugging Face Trainer script,
 export the student to the packed sparse kernels and time it against the dense teacher.
 
-    python examples/hf_trainer_prune.py --method magnitude   # PruningCallback, labels + logit KD
-    python examples/hf_trainer_prune.py --method spd         # SPD: grafting, hidden + attention + logits
+    python examples/hf_trainer_prune.py                      # SPD: grafting, hidden + attention + logits
+    python examples/hf_trainer_prune.py --method magnitude   # magnitude, labels + logit KD
     accelerate launch --multi_gpu --num_processes 2 examples/hf_trainer_prune.py   # 2 CPU processes, gloo
 """
 
@@ -19,7 +19,7 @@ from spd.hf import DistillationTrainer, PruningCallback, finish_model
 from spd.models import load_pretrained, set_attention_implementation
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-p.add_argument("--method", choices=("magnitude", "spd"), default="magnitude")
+p.add_argument("--method", choices=("spd", "magnitude"), default="spd")
 p.add_argument("--sparsity", type=float, default=0.9)
 p.add_argument("--granularity", default="block32")
 p.add_argument("--train-samples", type=int, default=2048)
