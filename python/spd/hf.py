@@ -326,6 +326,11 @@ class _DistillationTrainer:
         )
         if world > 1:
             loss = loss * world  # DDP averages the gradients; the step's loss is their sum
+        if not loss.requires_grad:
+            # every layer position grafted from the frozen teacher: no gradient reaches the
+            # student (the CLI skips the backward); a leaf lets the Trainer's backward run and
+            # leaves every parameter's grad at None, so the optimizer skips them as in the CLI
+            loss = loss.detach().requires_grad_()
         return (loss, outputs) if return_outputs else loss
 
 

@@ -215,8 +215,9 @@ def _run(tok, out, method, resume=None, kd=False):
     cb = PruningCallback(method, sparsity=0.75, granularity="element", schedule={"update_every": 2})
     args = targs(out, num_train_epochs=3, save_strategy="steps", save_steps=5, lr_scheduler_type="linear")
     common = dict(args=args, train_dataset=dataset(tok), data_collator=collator(tok), callbacks=[cb])
-    if kd:
-        trainer = DistillationTrainer(model=model, teacher=student(seed=3), **common)
+    if kd:  # SPD: grafting draws seeded by the step, hidden + attention + logit loss
+        graft = {"p0": 0.5} if method == "spd" else None
+        trainer = DistillationTrainer(model=model, teacher=student(seed=3), graft=graft, **common)
     else:  # a plain Trainer with the scores at their own learning rate
         prepare_model(model, cb)
         trainer = Trainer(model=model, optimizers=(create_optimizer(model, args, cb), None), **common)
@@ -225,7 +226,7 @@ def _run(tok, out, method, resume=None, kd=False):
     return model, losses
 
 
-@pytest.mark.parametrize("method,kd", [("movement", False), ("soft-movement", True)])
+@pytest.mark.parametrize("method,kd", [("movement", False), ("soft-movement", True), ("spd", True)])
 def test_trainer_resume_restores_masks_and_scores_bitwise(tok, tmp_path, method, kd):
     full, full_losses = _run(tok, tmp_path / "full", method, kd=kd)
     ckpt = tmp_path / "full" / "checkpoint-10"
@@ -234,7 +235,7 @@ def test_trainer_resume_restores_masks_and_scores_bitwise(tok, tmp_path, method,
     shutil.copytree(ckpt, part / "checkpoint-10")
     resumed, res_losses = _run(tok, part, method, resume=str(part / "checkpoint-10"), kd=kd)
     a, b = _state(full), _state(resumed)
-    assert a.keys() == b.keys() and any(k.endswith(".scores") for k in a)
+    assert a.keys() == b.keys() and any(k.endswith(".scores") for k in a) == (method != "spd")
     for k in a:
         assert torch.equal(a[k], b[k]), k
     for name, m in masked_linears(full).items():
