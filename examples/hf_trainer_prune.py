@@ -12,7 +12,7 @@ import os
 import time
 
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 from spd.data import embedded_dataset
 from spd.hf import DistillationTrainer, PruningCallback, finish_model
@@ -27,6 +27,7 @@ p.add_argument("--max-length", type=int, default=48)
 p.add_argument("--out", default="runs/hf_trainer_prune")
 a = p.parse_args()
 world, t0 = int(os.environ.get("WORLD_SIZE", "1")), time.time()  # processes under accelerate / torchrun
+set_seed(0)  # the new classifier head is drawn before any Trainer seeds the RNGs
 teacher, tok = load_pretrained("embedded", num_labels=2)  # MiniLM-L6 and a new classifier head
 data = embedded_dataset().map(lambda b: tok(b["sentence"], truncation=True, max_length=a.max_length),
                               batched=True)  # fmt: skip
