@@ -170,6 +170,38 @@ def load_rotten_tomatoes(seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> Tuple[Dict
     return splits, TaskInfo(EMBEDDED_TASK, 2, ("accuracy", "f1"), ["rotten", "fresh"])
 
 
+def to_dataset_dict(splits: Dict[str, TextSplit], task: TaskInfo):
+    """The splits as a ``datasets.DatasetDict`` with GLUE's columns: ``sentence`` (or
+    ``sentence1``/``sentence2`` for pairs), ``label`` (a ``ClassLabel``, float for
+    regression) and ``idx``, so a Hugging Face script treats them like a GLUE task."""
+    import datasets
+
+    first = next((s for s in splits.values() if len(s)), None)
+    pair = first is not None and len(first.texts[0]) == 2
+    names = ("sentence1", "sentence2") if pair else ("sentence",)
+    if task.regression:
+        label = datasets.Value("float32")
+    else:
+        label = datasets.ClassLabel(names=task.label_names or [str(i) for i in range(task.num_labels)])
+    features = datasets.Features(
+        {**{n: datasets.Value("string") for n in names}, "label": label, "idx": datasets.Value("int32")}
+    )
+    out = {}
+    for name, split in splits.items():
+        cols = {n: [t[i] for t in split.texts] for i, n in enumerate(names)}
+        out[name] = datasets.Dataset.from_dict(
+            {**cols, "label": list(split.labels), "idx": list(range(len(split)))}, features=features
+        )
+    return datasets.DatasetDict(out)
+
+
+def embedded_dataset(seed: int = 0):
+    """The embedded Rotten Tomatoes data (:func:`load_rotten_tomatoes`, the same split as the
+    CLI's) as a ``datasets.DatasetDict`` with train / validation / test splits."""
+    splits, task = load_rotten_tomatoes(seed)
+    return to_dataset_dict(splits, task)
+
+
 # ---------------------------------------------------------------------- GLUE
 def glue_splits(dataset_dict, task: str, seed: int = 0) -> Tuple[Dict[str, TextSplit], TaskInfo]:
     """Train/validation/test from a GLUE ``DatasetDict`` (the hub's ``nyu-mll/glue``).
@@ -514,6 +546,7 @@ __all__ = [
     "GLUE_TASKS",
     "TaskInfo",
     "TextSplit",
+    "embedded_dataset",
     "encode_split",
     "epoch_order",
     "glue_splits",
@@ -525,5 +558,6 @@ __all__ = [
     "rotten_tomatoes_path",
     "step_indices",
     "steps_per_epoch",
+    "to_dataset_dict",
     "tokenizer_fingerprint",
 ]

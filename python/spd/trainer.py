@@ -309,6 +309,87 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def attention_for(dcfg: DistillConfig, attention: str = "auto") -> str:
+    """SDPA unless the attention loss needs the maps (eager; maps before dropout unless
+    the config asks for Hugging Face's post-dropout maps); ``attention="eager"`` everywhere."""
+    if dcfg.needs_attentions:
+        return "eager" if dcfg.attn_maps_after_dropout else ATTN_NO_DROPOUT
+    return "sdpa" if attention == "auto" else "eager"
+
+
+def setup_distillation(
+    model: nn.Module, teacher: Optional[nn.Module], dcfg: DistillConfig, impl: str, grafting: bool
+) -> None:
+    """Freeze the teacher, install the output hooks before any grafting swap, and set the
+    attention implementation ``impl`` on both models (grafted teacher layers read their own
+    config, so the teacher runs the same implementation)."""
+    if teacher is not None:
+        teacher.eval()
+        for p_ in teacher.parameters():
+            p_.requires_grad_(False)
+    if dcfg.needs_hidden or dcfg.needs_attentions or grafting:
+        ensure_output_capture(model)
+        if teacher is not None:
+            ensure_output_capture(teacher)
+    set_attention_implementation(model, impl)
+    if teacher is not None:
+        set_attention_implementation(teacher, impl)
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def batch_loss(
+    model: nn.Module,
+    batch: Optional[Dict[str, torch.Tensor]],
+    dcfg: DistillConfig,
+    n_global: float,
+    *,
+    teacher: Optional[nn.Module] = None,
+    teacher_out=None,
+    regression: bool = False,
+    grafter: Optional[Grafter] = None,
+    choices: Optional[List[bool]] = None,
+    reg: Optional[torch.Tensor] = None,
+    world_size: int = 1,
+    device=None,
+) -> Tuple[torch.Tensor, Dict[str, float], Any]:
+    """The training loss of one micro-batch, shared by :class:`Trainer` and
+    :class:`spd.hf.DistillationTrainer`.
+
+    ``batch`` holds input_ids, attention_mask, token_type_ids (optional) and labels, or is
+    None for a process with no examples this step. The teacher's outputs are ``teacher_out``
+    (e.g. from the cache) or computed here from ``teacher`` without gradients; the student
+    runs with the layers ``choices`` grafted (``grafter``). The per-example distillation loss
+    is summed and divided by ``n_global``, the examples of the whole optimizer step (all
+    micro-batches, all processes), and ``reg`` (soft movement's L1 term, passed for one
+    micro-batch of the step) is added with weight ``1 / world_size``. Returns the loss, each
+    term's contribution as floats and the student's outputs (None without a batch)."""
+    loss = torch.zeros((), device=device)
+    parts_out: Dict[str, float] = {}
+    s_out = None
+    if batch is not None:
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        out_kwargs = {"output_hidden_states": dcfg.needs_hidden, "output_attentions": dcfg.needs_attentions}
+        t_out = teacher_out
+        if t_out is None and dcfg.needs_teacher:
+            with torch.no_grad():
+                t_out = teacher(**inputs, **out_kwargs)
+        graft_ctx = grafter.grafted(choices) if grafter is not None else contextlib.nullcontext()
+        with graft_ctx:
+            s_out = model(**inputs, **out_kwargs)
+        per, parts = distillation_loss(
+            s_out, t_out, batch["labels"], batch["attention_mask"], dcfg, regression
+        )
+        loss = per.sum() / n_global
+        parts_out = {k: float(v.detach().sum()) / n_global for k, v in parts.items()}
+    if reg is not None:
+        # added once per step overall: each process carries 1/world of it
+        loss = loss + reg / world_size
+        parts_out["l1"] = float(reg.detach()) / world_size
+    return loss, parts_out, s_out
+
+
 class Trainer:
     """Runs a list of phases on one task (see the module docstring)."""
 
@@ -368,11 +449,7 @@ class Trainer:
         )
 
     def attention_for(self, dcfg: DistillConfig) -> str:
-        """SDPA unless the attention loss needs the maps (eager; maps before dropout unless
-        the config asks for Hugging Face's post-dropout maps)."""
-        if dcfg.needs_attentions:
-            return "eager" if dcfg.attn_maps_after_dropout else ATTN_NO_DROPOUT
-        return "sdpa" if self.cfg.attention == "auto" else "eager"
+        return attention_for(dcfg, self.cfg.attention)
 
     def teacher_targets(self, teacher: nn.Module, dcfg: DistillConfig) -> Optional[TeacherCache]:
         """The cache of the teacher's training-split outputs this phase's loss needs (built
@@ -542,19 +619,8 @@ class Trainer:
         if phase.graft is not None:
             grafter = Grafter(model, teacher, seed=cfg.seed * 7919 + phase_index)
         if teacher is not None:
-            teacher.to(info.device).eval()
-            for p_ in teacher.parameters():
-                p_.requires_grad_(False)
-        if dcfg.needs_hidden or dcfg.needs_attentions or grafter is not None:
-            ensure_output_capture(model)
-            if teacher is not None:
-                ensure_output_capture(teacher)
-        # eager attention only where the attention loss reads the maps (grafted teacher layers
-        # read their own config, so the teacher runs the same implementation)
-        impl = self.attention_for(dcfg)
-        set_attention_implementation(model, impl)
-        if teacher is not None:
-            set_attention_implementation(teacher, impl)
+            teacher.to(info.device)
+        setup_distillation(model, teacher, dcfg, self.attention_for(dcfg), grafter is not None)
         cache = self.teacher_targets(teacher, dcfg) if dcfg.needs_teacher else None
         score_lr = phase.pruning.score_lr if phase.pruning is not None else phase.lr
         opt = build_optimizer(model, phase.lr, cfg.weight_decay, score_lr)
@@ -571,7 +637,6 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, initial=start, desc=phase.name, dynamic_ncols=True, leave=True)
-        out_kwargs = {"output_hidden_states": dcfg.needs_hidden, "output_attentions": dcfg.needs_attentions}
         p = 1.0
         t0 = time.time()
         order_seed = cfg.seed * 31 + phase_index
@@ -608,35 +673,31 @@ class Trainer:
                 reg = pruner.regularization(step) if (pruner is not None and j == 0) else None
                 if not idx and reg is None:
                     continue
-                loss = torch.zeros((), device=info.device)
+                b, t_out = None, None
                 if idx:
                     b = self._batch(train, idx)
                     pad, tot = padding_share(train_lengths, [idx])
                     pad_tokens, all_tokens = pad_tokens + pad, all_tokens + tot
                     real_tokens += tot - pad
-                    inputs = {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-                    with self._autocast():
-                        t_out = None
-                        if cache is not None:
-                            t_out = cache.targets(idx, b["input_ids"].shape[1], info.device)
-                        elif dcfg.needs_teacher:
-                            with torch.no_grad():
-                                t_out = teacher(**inputs, **out_kwargs)
-                        graft_ctx = (
-                            grafter.grafted(choices) if grafter is not None else contextlib.nullcontext()
-                        )
-                        with graft_ctx:
-                            s_out = model(**inputs, **out_kwargs)
-                        per, parts = distillation_loss(
-                            s_out, t_out, b["labels"], b["attention_mask"], dcfg, self.task.regression
-                        )
-                    loss = per.sum() / n_global
-                    for k, v in parts.items():
-                        parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach().sum()) / n_global
-                if reg is not None:
-                    # added once per step overall: each process carries 1/world of it
-                    loss = loss + reg / info.world_size
-                    parts_sum["l1"] = parts_sum.get("l1", 0.0) + float(reg.detach()) / info.world_size
+                    if cache is not None:
+                        t_out = cache.targets(idx, b["input_ids"].shape[1], info.device)
+                with self._autocast():
+                    loss, parts, _ = batch_loss(
+                        model,
+                        b,
+                        dcfg,
+                        n_global,
+                        teacher=teacher,
+                        teacher_out=t_out,
+                        regression=self.task.regression,
+                        grafter=grafter,
+                        choices=choices,
+                        reg=reg,
+                        world_size=info.world_size,
+                        device=info.device,
+                    )
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v
                 if loss.requires_grad:  # all layer positions grafted from the frozen teacher: no grad
                     loss.backward()
                 loss_val += float(loss.detach())
@@ -837,4 +898,14 @@ class Trainer:
         return results
 
 
-__all__ = ["Phase", "TrainConfig", "Trainer", "build_optimizer", "evaluate_model", "seed_everything"]
+__all__ = [
+    "Phase",
+    "TrainConfig",
+    "Trainer",
+    "attention_for",
+    "batch_loss",
+    "build_optimizer",
+    "evaluate_model",
+    "seed_everything",
+    "setup_distillation",
+]
