@@ -15,6 +15,7 @@ block 32 >= 3.5x at batch 32 x 128, >= 3.0x at batch 1 x 128; CSR >= 3.5x / >= 2
     python benchmarks/bench_model_cpu.py                          # the README table (~15 min)
     python benchmarks/bench_model_cpu.py --models minilm --batches 1 --rounds 2   # quicker
     python benchmarks/bench_model_cpu.py --from-csv benchmarks/results/model_cpu.csv
+    python benchmarks/bench_model_cpu.py --call-overhead --csv benchmarks/results/call_overhead_cpu.csv
 
 Writes benchmarks/results/model_cpu.csv (the profiler's long format) and prints markdown
 tables; ``--breakdown`` adds where the exported model spends its time (torch.profiler).
@@ -46,6 +47,11 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     p.add_argument("--calls", type=int, default=10, help="timed calls of each implementation, in all")
     p.add_argument("--breakdown", action="store_true", help="profile where the exported models spend time")
+    p.add_argument(
+        "--call-overhead",
+        action="store_true",
+        help="only time the per-call cost of a tiny SparseLinear: custom op / layer (fast path) / kernel",
+    )
     p.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "model_cpu.csv")
     p.add_argument(
         "--from-csv", type=Path, default=None, help="print the tables of an existing CSV; no timing"
@@ -115,9 +121,56 @@ def breakdown(model, inputs, threads) -> dict:
     return {k: v / total for k, v in shares.items()}
 
 
+def call_overhead(threads: int, command: str):
+    """Rows: time of one call of a tiny SparseLinear (64 -> 64, block 32, x (4, 64)) under
+    inference_mode through the custom op (how every call ran before the fast path), through the
+    layer (the fast path: backend decided once, kernel called directly) and of the C++ kernel
+    alone: what a call costs above the kernel. The first row clears the backend cache on every
+    call, which is how every call ran before decisions were remembered."""
+    import torch
+    from torch import nn
+
+    import spd_kernels as sk
+    from spd_kernels.profiling.report import base_row
+    from spd_kernels.profiling.timing import environment, time_callable
+
+    torch.manual_seed(0)
+    layer = sk.SparseLinear.from_linear(
+        nn.Linear(64, 64), mask=torch.tensor([[True, False], [False, True]]), block=32
+    )
+    x, w = torch.randn(4, 64), layer.weight
+    meta, kernel = w.metadata(), torch.ops.spd_kernels_C.cpu_dds_t
+
+    def uncached():  # the custom op choosing its backend anew: every call before this release
+        sk.ops.clear_dispatch_cache()
+        return sk.ops.dds_t(x, w.values, *meta, layer.bias, "none", False)
+
+    calls = {
+        "custom_op, backend chosen per call (before)": uncached,
+        "custom_op": lambda: sk.ops.dds_t(x, w.values, *meta, layer.bias, "none", False),
+        "layer": lambda: layer(x),
+        "kernel": lambda: kernel(x, w.values, *meta, layer.bias, "none", False),
+    }
+    env, rows = environment("cpu", threads), []
+    with torch.inference_mode():
+        for impl, fn in calls.items():
+            t = time_callable(fn, warmup=50, min_run_time=0.5, min_samples=20, threads=threads)
+            cells = dict(backend="cpu", layout="bsr32", block="32x32", dtype="float32", M=4, N=64, K=64)
+            rows.append(
+                base_row(env, command, op="call_overhead", impl=impl, shape="64x64, x (4, 64)",
+                         samples=t.samples, status="ok", **cells, **t.ms())
+            )  # fmt: skip
+    return rows
+
+
 def tables(rows) -> str:
     out = []
-    for shape in dict.fromkeys(r["shape"] for r in rows):
+    calls = [r for r in rows if r["op"] == "call_overhead"]
+    if calls:
+        out.append("\n**per-call cost** of a tiny SparseLinear under inference_mode, µs (p50)\n")
+        out.append("| path | µs per call |\n|---|---:|")
+        out += [f"| {r['impl']} | {float(r['p50_ms']) * 1e3:.1f} |" for r in calls]
+    for shape in dict.fromkeys(r["shape"] for r in rows if r["op"] != "call_overhead"):
         part = [r for r in rows if r["shape"] == shape]
         out.append(f"\n**{shape}** (batch x sequence), fp32\n")
         out.append("| implementation | p50 ms | p20-p80 ms | speedup vs best dense | target |")
@@ -139,7 +192,7 @@ def tables(rows) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from spd_kernels.profiling.report import read_csv, write_csv
+    from spd_kernels.profiling.report import command_line, read_csv, write_csv
 
     if args.from_csv:
         rows = read_csv(str(args.from_csv))
@@ -156,6 +209,13 @@ def main(argv=None) -> int:
     from spd_kernels.profiling.model import example_inputs, profile_model
 
     torch.set_num_threads(args.threads)
+    command = command_line("benchmarks/bench_model_cpu.py", argv)
+    if args.call_overhead:
+        rows = call_overhead(args.threads, command)
+        write_csv(rows, str(args.csv))
+        print(f"machine: {rows[0]['device']}, threads {args.threads}\ncommand: `{command}`")
+        print(tables(rows))
+        return 0
     engines = args.engines.split(",") if args.engines else list(ENGINES)
     rows, notes = [], []
     for name in args.models:
@@ -175,6 +235,7 @@ def main(argv=None) -> int:
                     variants={lay: exported[lay] for lay in others}, name=shape,
                 )  # fmt: skip
             for r in part:
+                r["command"] = command
                 if r["impl"] in ("spd_kernels", "spd_kernels_compiled"):
                     r["impl"] = f"{r['impl']}/{first}"
                 lay = str(r["impl"]).split("/")[1] if "/" in str(r["impl"]) else ""
@@ -188,9 +249,8 @@ def main(argv=None) -> int:
                         + ", ".join(f"{k} {v:.0%}" for k, v in shares.items() if v >= 0.005)
                     )
     write_csv(rows, str(args.csv))
-    cmd = "python benchmarks/bench_model_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\nmachine: {rows[0]['device']}, threads {args.threads}, torch {torch.__version__}")
-    print(f"command: `{cmd.strip()}`")
+    print(f"command: `{command}`")
     print(tables(rows))
     for n in notes:
         print(f"\nwhere the time goes: {n}")

@@ -44,9 +44,7 @@ from torch import nn
 
 from .distill import DistillConfig
 from .grafting import GraftConfig, Grafter
-from .models import apply_trainable, attention_implementation, make_prunable, masked_linears
-from .pruning import Pruner, PruningConfig, model_sparsity
-from .spd import (
+from .methods import (
     METHOD_TRAINABLE,
     PRUNE_METHODS,
     init_scores_from_magnitude,
@@ -54,6 +52,8 @@ from .spd import (
     method_pruning_defaults,
     spd_pruning_config,
 )
+from .models import apply_trainable, attention_implementation, make_prunable, masked_linears
+from .pruning import Pruner, PruningConfig, model_sparsity
 from .trainer import attention_for, batch_loss, build_optimizer, setup_distillation
 
 AT_END = ("keep", "densify", "export")
