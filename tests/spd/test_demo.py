@@ -10,6 +10,12 @@ import spd_kernels as sk
 from spd.cli import main
 
 
+def sk_dense_impls():
+    from spd_kernels.profiling.report import DENSE_IMPLS
+
+    return DENSE_IMPLS
+
+
 def test_demo_writes_the_report(tmp_path):
     save_tiny_model_dir(str(tmp_path / "model"), hidden=32, intermediate=64)
     rows = sentences(56, seed=3)
@@ -35,8 +41,11 @@ def test_demo_writes_the_report(tmp_path):
     assert res["exported_test_accuracy"] == res["student_test_accuracy"]
     assert abs(json.loads((out / "exported_eval.json").read_text())["sparsity"] - 0.75) < 0.02
     assert res["model_speedup"]["model_forward"] > 0
+    # the speedup is against the fastest dense engine, and the summary names it
+    assert res["model_speedup"]["model_forward_dense_impl"] in sk_dense_impls()
     summary = (out / "summary.md").read_text()
     assert "dense teacher" in summary and "exported" in summary
+    assert f"fastest dense engine ({res['model_speedup']['model_forward_dense_impl']})" in summary
     share = json.loads((out / "exported_eval.json").read_text())["test"]["top_class_share"]
     assert 0.5 <= share <= 1.0
     assert ("predicts one class" in summary) == (share >= 0.95)
