@@ -244,13 +244,13 @@ def dense_engines(
         if name == "eager":
             out.append(Engine(name, IMPL_OF[name], "aten", inference_fn(twin, inputs)))
         elif name == "eager-attention":
+            if getattr(getattr(twin, "config", None), "_attn_implementation", None) == "eager":
+                continue  # the same as "eager"
             model = with_attention(twin, "eager")
             if model is None:
                 out.append(
                     Engine(name, IMPL_OF[name], "aten", None, skipped="no Hugging Face attention switch")
                 )
-            elif getattr(twin.config, "_attn_implementation", None) == "eager":
-                continue  # the same as "eager"
             else:
                 out.append(
                     Engine(name, IMPL_OF[name], "aten", inference_fn(model, inputs), note="eager attention")

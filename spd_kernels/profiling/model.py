@@ -183,13 +183,13 @@ def profile_model(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if int(rounds) < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    if compile_sparse or "compiled" in (engines or ("compiled" if compile else ())):
-        # a fresh dynamo cache: several profiles in one process compile the same forward code for
-        # other models and shapes, and past the recompile limit dynamo would silently run eager
-        torch._dynamo.reset()
     engines = check_engines(
         engines if engines is not None else (("eager", "compiled") if compile else ("eager",))
     )
+    if compile_sparse or "compiled" in engines:
+        # a fresh dynamo cache: several profiles in one process compile the same forward code for
+        # other models and shapes, and past the recompile limit dynamo would silently run eager
+        torch._dynamo.reset()
     twin, replaced = dense_twin(model)
     if not replaced:
         raise ValueError(
