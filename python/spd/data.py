@@ -506,9 +506,13 @@ def load_files(config: DataConfig) -> Tuple[Dict[str, TextSplit], TaskInfo]:
             v = r.get(lf)
             if v is None or (isinstance(v, str) and not v.strip()):
                 raise ValueError(f"{flags[k]} {paths[k]} row {i + 1}: label column {lf!r} missing or empty")
-    names, regression = label_names_from_values(
-        [r[lf] for rows in raw.values() for r in rows], config.label_order
-    )
+    try:
+        names, regression = label_names_from_values(
+            [r[lf] for rows in raw.values() for r in rows], config.label_order
+        )
+    except ValueError as e:
+        files = ", ".join(paths[k] for k in raw)
+        raise ValueError(f"label column {lf!r} of {files}: {e}") from None
     notes: List[str] = []
     if regression:
         conv: Callable = lambda v: float(v)  # noqa: E731

@@ -115,8 +115,8 @@ def collapse_check(
 ) -> Dict[str, Any]:
     """Whether a classifier answers (nearly) one class, from its predictions on a split.
 
-    Flagged for any of: ``one_class``: the top predicted class's share is at least the data's
-    majority share m plus ``share`` x (1 - m) (halfway to answering one class everywhere);
+    Flagged for any of: ``one_class``: the top predicted class's share is above the data's
+    majority share m plus ``share`` x (1 - m) (past halfway to answering one class everywhere);
     ``near_majority``: accuracy at most m + min(``margin``, (1 - m) / 4), what answering the
     majority class everywhere scores; ``never_predicted``: a class with ``min_support``
     examples or more is never predicted. Splits with fewer than two classes are not judged.
@@ -151,7 +151,7 @@ def collapse_check(
         return out
     reasons: List[str] = []
     msgs: List[str] = []
-    if top_share >= m + share * (1 - m):
+    if top_share > m + share * (1 - m):
         reasons.append("one_class")
         msgs.append(
             f"predicts {name(top)!r} for {top_share:.0%} of the examples "
