@@ -66,7 +66,7 @@ class DataConfig:
         metadata={
             "help": f"'{EMBEDDED_TASK}' (embedded, no network), a GLUE task ({', '.join(GLUE_TASKS)}) "
             "loaded through `datasets`, or 'files' with --train-file/--validation-file/--test-file "
-            f"(default: files when --train-file is given, else {EMBEDDED_TASK})"
+            f"(none: files when --train-file is given, else {EMBEDDED_TASK})"
         },
     )
     train_file: Optional[str] = field(
@@ -74,11 +74,15 @@ class DataConfig:
     )
     validation_file: Optional[str] = field(
         default=None,
-        metadata={"help": "local validation file (default: a seeded tenth of the training file, held out)"},
+        metadata={
+            "help": "local validation file; without one a seeded tenth of the training file is held out"
+        },
     )
     test_file: Optional[str] = field(
         default=None,
-        metadata={"help": "local test file (default: another seeded tenth of the training file, held out)"},
+        metadata={
+            "help": "local test file; without one another seeded tenth of the training file is held out"
+        },
     )
     text_fields: Optional[str] = field(
         default=None,
@@ -91,7 +95,7 @@ class DataConfig:
         default=None,
         metadata={
             "help": "comma-separated label values of local files in id order, e.g. 'neg,pos' or '-1,1' "
-            "(default: sorted, numbers numerically); must name every value seen"
+            "(none: sorted, numbers numerically); must name every value seen"
         },
     )
     max_length: int = field(
