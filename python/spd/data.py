@@ -607,6 +607,7 @@ def load_task(config: DataConfig, glue_loader: Optional[Callable] = None):
                 f"{config.split_seed})"
             )
     info.report.setdefault("splits", {})
+    info.report["source"] = config.task
     info.report["sizes"] = {k: len(v) for k, v in out.items()}
     if info.label_names is not None:
         info.report["label2id"] = info.label2id
@@ -837,26 +838,36 @@ def _id2label(config) -> Optional[Dict[int, str]]:
     return None if _generic_names(m) else {int(k): str(v) for k, v in m.items()}
 
 
+def _fold(mapping: Dict[int, str]) -> Dict[int, str]:
+    return {k: v.casefold() for k, v in mapping.items()}  # 'NEGATIVE' names what 'negative' does
+
+
 def check_label_mapping(config, task: TaskInfo, what: str) -> None:
     """Refuse a model (a teacher, a model to evaluate) whose ``label2id`` differs from the
-    data's: it would be scored, or distilled, against inverted targets. Placeholder names
-    (LABEL_0, ...) are not checked, nor data labels that are the ids 0..C-1 themselves (read
-    as the model's ids) unless the model names the same values in another order."""
+    data's (names compared without case): it would be scored, or distilled, against other
+    classes. Placeholder names (LABEL_0, ...) are not checked, nor data labels that are the
+    ids 0..C-1 themselves (read as the model's ids) unless the model names the same values in
+    another order."""
     model = _id2label(config)
     if task.regression or task.label_names is None or model is None:
         return
     data = dict(enumerate(task.label_names))
-    if model == data:
+    if _fold(model) == _fold(data):
         return
     ids_as_names = task.label_names == [str(i) for i in range(len(task.label_names))]
-    if ids_as_names and set(model.values()) != set(data.values()) and len(model) == len(data):
+    if ids_as_names and set(_fold(model).values()) != set(data.values()) and len(model) == len(data):
         return
     m2i = {v: k for k, v in sorted(model.items())}
     d2i = {v: k for k, v in data.items()}
+    fix = (
+        f"relabel the data, or give --label-order {','.join(model[i] for i in sorted(model))} when the "
+        "data uses the model's names"
+        if task.report.get("source") == "files"
+        else "use a model trained with this labelling"
+    )
     raise ValueError(
         f"{what} maps labels {m2i} but the data maps {d2i}: its predictions would be scored against "
-        "other classes; relabel the data, or give --label-order "
-        f"{','.join(model[i] for i in sorted(model))} when the data uses the model's names"
+        f"other classes; {fix}"
     )
 
 
@@ -871,13 +882,15 @@ def apply_label_mapping(model, task: TaskInfo) -> Optional[str]:
         return None
     own = _id2label(config)
     data = dict(enumerate(task.label_names))
-    if own is not None and own != data and set(own.values()) == set(data.values()):
+    if own is not None and _fold(own) == _fold(data):
+        return None  # the same labelling (perhaps in other letter case): the model's names stay
+    if own is not None and set(_fold(own).values()) == set(_fold(data).values()):
         check_label_mapping(config, task, "the model")
     if own is not None and task.label_names == [str(i) for i in range(len(data))]:
         return None  # bare ids: the model's own names say more
     config.id2label = data
     config.label2id = {v: k for k, v in data.items()}
-    if own is not None and own != data:
+    if own is not None:
         return f"data: the model's labels {own} are replaced by the data's {data} (a new task for its head)"
     return None
 

@@ -271,6 +271,10 @@ def test_label_order_and_the_teacher_mapping_check(tmp_path):
     assert "teacher t/ maps labels {'pos': 0, 'neg': 1} but the data maps {'neg': 0, 'pos': 1}" in msg
     assert "--label-order pos,neg" in msg
     D.check_label_mapping(BertConfig(id2label={0: "neg", 1: "pos"}), info, "same")
+    D.check_label_mapping(BertConfig(id2label={0: "NEG", 1: "Pos"}), info, "the same names in other case")
+    glue = D.TaskInfo("sst2", 2, ("accuracy",), ["negative", "positive"], report={"source": "sst2"})
+    with pytest.raises(ValueError, match="use a model trained with this labelling"):  # no --label-order
+        D.check_label_mapping(BertConfig(id2label={0: "POSITIVE", 1: "NEGATIVE"}), glue, "t")
     D.check_label_mapping(BertConfig(num_labels=2), info, "placeholder names LABEL_0/1 are not checked")
     # bare ids 0/1 in the data are the teacher's ids, whatever it names them
     _, ids_info = D.load_task(D.DataConfig(train_file=_rows_csv(tmp_path / "i.csv", _unique_rows(30))))

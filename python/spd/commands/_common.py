@@ -9,7 +9,7 @@ import time
 from typing import Any, Dict, Tuple
 
 from ..config import add_dataclass_arguments, build_config, load_config_file
-from ..data import DataConfig, encode_split, load_task, report_data
+from ..data import EMBEDDED_TASK, DataConfig, encode_split, load_task, report_data
 from ..trainer import TrainConfig
 
 
@@ -87,6 +87,9 @@ def summary_line(results: Dict[str, Any]) -> str:
     return line
 
 
+DATA_RULES = 2  # carved splits, stratified seeded sample limits, labels from the values seen
+
+
 def fingerprint(command: str, **configs) -> Dict[str, Any]:
     out: Dict[str, Any] = {"command": command}
     for name, cfg in configs.items():
@@ -103,6 +106,14 @@ def fingerprint(command: str, **configs) -> Dict[str, Any]:
                 "eval_batch_size",
             ):
                 d.pop(k, None)  # settings that do not change the result
+            if isinstance(cfg, DataConfig):
+                # a checkpoint of the embedded data from before --label-order still resumes;
+                # files and GLUE runs from before the carving / sampling rules do not (their
+                # splits differ now)
+                if d.get("label_order") is None:
+                    d.pop("label_order", None)
+                if d.get("task") != EMBEDDED_TASK:
+                    d["rules"] = DATA_RULES
             out[name] = d
         else:
             out[name] = cfg
