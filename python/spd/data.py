@@ -571,6 +571,15 @@ def load_files(config: DataConfig) -> Tuple[Dict[str, TextSplit], TaskInfo]:
             f"{config.train_file} (a seeded, stratified split, --split-seed {config.split_seed}); "
             f"training keeps the other {len(full['train'])} rows",
         )
+    seen = set(full["train"].texts)
+    for k in ("validation", "test"):
+        dup = sum(t in seen for t in full[k].texts)
+        if dup:  # the same text in two rows of the files: the split is held out, its text is not
+            notes.append(
+                f"warning: {dup} of the {len(full[k])} {k} examples have a text that also occurs in "
+                "training (duplicate rows in the files): those are scored on seen text"
+            )
+            report[f"{k}_texts_in_train"] = dup
     metrics = (
         ("pearson", "spearman") if regression else (("accuracy", "f1") if num_labels == 2 else ("accuracy",))
     )

@@ -227,6 +227,13 @@ def test_missing_splits_are_carved_from_the_training_file_never_evaluated_on_its
     assert "no --test-file" in info.notes[0]
     with pytest.raises(ValueError, match="is the file given to --train-file"):
         D.load_task(D.DataConfig(train_file=path, validation_file=path))
+    # duplicate rows: the carved rows are held out, their text may not be; that is said
+    dups = _rows_csv(tmp_path / "dups.csv", rows + rows[:30])
+    splits, info = D.load_task(D.DataConfig(train_file=dups))
+    n_seen = sum(t in set(splits["train"].texts) for t in splits["test"].texts)
+    assert n_seen > 0 and info.report["test_texts_in_train"] == n_seen
+    want = f"warning: {n_seen} of the 9 test examples have a text that also occurs in training"
+    assert any(n.startswith(want) for n in info.notes)
 
 
 @pytest.mark.parametrize(
