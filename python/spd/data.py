@@ -29,6 +29,7 @@ import bz2
 import csv
 import hashlib
 import importlib.metadata
+import io
 import json
 import math
 import os
@@ -379,13 +380,18 @@ def _read_rows(path: str, flag: str = "--train-file") -> List[dict]:
         return rows
     delim = "\t" if low.endswith((".tsv", ".txt")) else ","
     try:
-        rows = list(csv.DictReader(text.splitlines(), delimiter=delim))
+        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delim))
     except csv.Error as e:
         kind = "TSV" if delim == "\t" else "CSV"
         raise ValueError(f"{flag} {path}: not valid {kind} ({e})") from None
-    short = next((i for i, r in enumerate(rows) if None in r.values()), None)
-    if short is not None:  # fewer cells than the header: a wrong delimiter or a broken row
-        raise ValueError(f"{flag} {path} row {short + 1}: fewer cells than the header {list(rows[0])}")
+    for i, r in enumerate(rows):  # a wrong delimiter, a broken row or an unquoted delimiter in a text
+        if None in r.values():
+            raise ValueError(f"{flag} {path} row {i + 1}: fewer cells than the header {list(rows[0])}")
+        if None in r:
+            raise ValueError(
+                f"{flag} {path} row {i + 1}: more cells than the header {[k for k in r if k is not None]} "
+                "(a text with an unquoted delimiter?)"
+            )
     return rows
 
 

@@ -122,6 +122,14 @@ def test_local_files_csv_tsv_json(tmp_path):
         D.DataConfig(task="imdb")
 
 
+def test_quoted_newlines_and_commas_stay_in_their_text(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("sentence,label\n" + '"good, not\ngreat",1\nbad,0\n"dull\nfilm",0\nfine,1\n' * 3)
+    splits, _ = D.load_task(D.DataConfig(train_file=str(path)))
+    texts = {t[0] for s in splits.values() for t in s.texts}
+    assert texts == {"good, not\ngreat", "bad", "dull\nfilm", "fine"}
+
+
 def test_encode_cache_on_disk_and_collate(tmp_path):
     tok = tiny_tokenizer(str(tmp_path))
     split = D.TextSplit([(t,) for t, _ in sentences(20)], [y for _, y in sentences(20)])
@@ -350,6 +358,7 @@ BAD_FILES = [
     ("one class", "o.csv", "sentence,label\na,1\nb,1\nc,1\n", {}, "o.csv", "one value only"),
     ("bad JSON", "j.jsonl", '{"sentence": "a", "label": 1}\n{"sentence": \n', {}, "line 2", "not JSON"),
     ("short CSV row", "s.csv", "sentence,label,x\na,1,2\nb,0\n", {}, "row 2", "fewer cells"),
+    ("unquoted comma", "c.csv", "sentence,label\na,1\ngood, not great,0\n", {}, "row 2", "more cells"),
     ("not UTF-8", "u.csv", b"sentence,label\n\xff\xfe,1\n", {}, "u.csv", "not UTF-8"),
     ("too few rows to carve", "f.csv", "sentence,label\na,1\nb,0\n", {}, "f.csv", "too few to carve"),
     (
