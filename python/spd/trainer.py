@@ -11,7 +11,13 @@ writes, under ``output_dir``:
   :mod:`spd.checkpoint`), written every ``save_every`` steps and at each epoch end;
 * ``best/`` (or ``teacher/`` for SPD's first stage) — the model with the best validation
   metric among the evaluations that count (pruning runs: only at the final sparsity);
-* ``final/`` and ``results.json`` — the last model and the validation/test metrics.
+* ``final/`` and ``results.json`` — the last model and the validation/test metrics, the data
+  report (splits, label mapping, truncation) and the collapse guard's verdict on the reported
+  model (``"collapse"``: does it answer (nearly) one class on validation?).
+
+Every classification evaluation carries macro-F1, per-class recall and the collapse guard
+(:func:`spd.metrics.collapse_check`); a collapsed evaluation never displaces a sound one as the
+best model, and the final report says when the chosen model is near the majority class.
 
 Exact resume: the data order is a pure function of (seed, phase, epoch), the position is the
 step, the schedules are pure functions of the step, and the checkpoint holds weights, masks,
@@ -37,11 +43,19 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .data import EncodedSplit, TaskInfo, epoch_order, padding_share, step_indices, steps_per_epoch
+from .data import (
+    EncodedSplit,
+    TaskInfo,
+    apply_label_mapping,
+    epoch_order,
+    padding_share,
+    step_indices,
+    steps_per_epoch,
+)
 from .distill import DistillConfig, distillation_loss
 from .distributed import DistInfo, all_reduce_gradients, all_reduce_sum, gather_tensor
 from .grafting import GraftConfig, Grafter
-from .metrics import compute_metrics
+from .metrics import collapse_check, collapse_text, compute_metrics
 from .models import (
     ATTN_NO_DROPOUT,
     apply_trainable,
@@ -300,7 +314,15 @@ def evaluate_model(
     if not task.regression and len(data):
         # share of the most predicted class: 1.0 means the model answers one class for all
         out["top_class_share"] = max(np.bincount(np.asarray(preds, dtype=np.int64))) / len(preds)
+        check = collapse_check(preds, data.labels.tolist(), task.num_labels, task.label_names)
+        out["macro_f1"] = check["macro_f1"]
+        out["collapse"] = check
     return out
+
+
+def is_collapsed(metrics: Optional[Dict[str, Any]]) -> bool:
+    """Whether an evaluation's collapse guard flagged it (False for regression / unknown)."""
+    return bool(((metrics or {}).get("collapse") or {}).get("flagged"))
 
 
 def seed_everything(seed: int) -> None:
@@ -601,6 +623,9 @@ class Trainer:
         if dcfg.needs_teacher and teacher is None:
             raise ValueError(f"phase {phase.name} distils but no teacher is available")
 
+        note = apply_label_mapping(model, self.task)  # saved models say what their outputs mean
+        if note and info.is_main:
+            print(note, file=sys.stderr)
         model.to(info.device).train()
         masked = masked_linears(model)
         for m in masked.values():
@@ -782,12 +807,32 @@ class Trainer:
         if not eligible:
             return
         main = rec["eval"].get(self.task.main_metric, float("nan"))
-        better = phase.best_dir not in self.best or main > self.best[phase.best_dir]
+        # a model that answers (nearly) one class never displaces one that does not
+        collapsed = is_collapsed(rec["eval"])
+        prev = self._best_collapsed(phase.best_dir)
+        better = phase.best_dir not in self.best or (
+            (prev and not collapsed) or (prev == collapsed and main > self.best[phase.best_dir])
+        )
         if better:
             self.best[phase.best_dir] = main
             self.best_step[phase.best_dir] = self.global_step
             if self.info.is_main:
                 save_model(model, self.tokenizer, os.path.join(self.out, phase.best_dir))
+                if collapsed:
+                    print(
+                        f"note: {phase.best_dir}/ (step {self.global_step}, validation "
+                        f"{self.task.main_metric} {main:.4f}) is near the majority class: "
+                        f"{collapse_text(rec['eval']['collapse'])}",
+                        file=sys.stderr,
+                    )
+
+    def _best_collapsed(self, best_dir: str) -> bool:
+        """Whether the evaluation that chose ``best_dir`` was flagged by the collapse guard."""
+        step = self.best_step.get(best_dir)
+        for h in self.history:
+            if step is not None and h.get("global_step") == step and "eval" in h:
+                return is_collapsed(h["eval"])
+        return False
 
     # ------------------------------------------------------------------ all phases
     def run(
@@ -887,12 +932,28 @@ class Trainer:
             "history": self.history,
             **extra,
         }
+        if self.task.report:
+            results["data"] = self.task.report
+        if not self.task.regression:
+            # the guard's verdict on the reported (best) model, from its validation predictions
+            results["collapse"] = best["validation"].get("collapse")
         if teacher is not None:
             results["teacher"] = {
                 "validation": self.evaluate_teacher(teacher, "validation"),
                 "test": self.evaluate_teacher(teacher, "test"),
             }
         if self.info.is_main:
+            for what, m in (
+                ("the best model", best["validation"]),
+                ("the final model", final["validation"] if final is not best else None),
+                ("the teacher", (results.get("teacher") or {}).get("validation")),
+            ):
+                if is_collapsed(m):
+                    print(
+                        f"warning: collapse: {what} answers (nearly) one class on validation: "
+                        f"{collapse_text(m['collapse'])}",
+                        file=sys.stderr,
+                    )
             save_model(model, self.tokenizer, os.path.join(self.out, "final"))
             ckpt.atomic_write_json(os.path.join(self.out, RESULTS), results)
         return results
@@ -906,6 +967,7 @@ __all__ = [
     "batch_loss",
     "build_optimizer",
     "evaluate_model",
+    "is_collapsed",
     "seed_everything",
     "setup_distillation",
 ]

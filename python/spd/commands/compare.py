@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any, Dict, List
 
 from ._common import fail
@@ -14,7 +15,9 @@ HELP = "tabulate the results of runs (teacher, each method, each granularity)"
 DESCRIPTION = (
     "Read RUN/results.json of each run directory and print one row per run: method, granularity, sparsity, "
     "the main metric on validation and test (of the best model), the teacher's test metric and the fraction "
-    "of it kept. --group averages runs that differ only in the seed (mean and count)."
+    "of it kept, and the collapse guard's flag (the model answers (nearly) one class on validation: "
+    "one_class, near_majority, never_predicted). --group averages runs that differ only in the seed "
+    "(mean and count; collapse = how many of them were flagged)."
 )
 
 
@@ -46,7 +49,19 @@ def _row(path: str, which: str) -> Dict[str, Any]:
         "train_time_s": r.get("train_time_s"),
     }
     row["of_teacher"] = row["test"] / row["teacher_test"] if row["teacher_test"] else None
+    check = res["validation"].get("collapse")
+    if check is None and which == "best":
+        check = r.get("collapse")
+    row["collapse"] = collapse_cell(check)
     return row
+
+
+def collapse_cell(check) -> str:
+    """'-' when the guard passed, its reason codes when it flagged, '?' when the run predates it
+    (or is a regression)."""
+    if not check:
+        return "?"
+    return "+".join(check.get("reasons") or ["flagged"]) if check.get("flagged") else "-"
 
 
 def _group(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -60,11 +75,13 @@ def _group(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             vals = [r[k] for r in rs if r[k] is not None]
             return sum(vals) / len(vals) if vals else None
 
+        flagged = sum(r["collapse"] not in ("-", "?") for r in rs)
         out.append(
             {
                 **rs[0],
                 "run": ",".join(r["run"] for r in rs),
                 "seed": f"{len(rs)} seeds",
+                "collapse": f"{flagged}/{len(rs)} flagged" if flagged else rs[0]["collapse"],
                 **{
                     k: mean(k)
                     for k in ("sparsity", "validation", "test", "teacher_test", "of_teacher", "train_time_s")
@@ -94,6 +111,13 @@ def run(args) -> int:
             return fail(f"{path}/results.json: {e}")
     if not rows:
         return fail("no run with a results.json")
+    flagged = [r["run"] for r in rows if r["collapse"] not in ("-", "?")]
+    if flagged:
+        print(
+            f"warning: collapse: {', '.join(flagged)} answer (nearly) one class on validation "
+            "(column collapse)",
+            file=sys.stderr,
+        )
     if args.group:
         rows = _group(rows)
     rows.sort(key=lambda r: (str(r["task"]), r["method"] != "dense", str(r["granularity"]), r["method"]))
@@ -107,6 +131,7 @@ def run(args) -> int:
         "test",
         "teacher_test",
         "of_teacher",
+        "collapse",
         "seed",
         "train_time_s",
     ]

@@ -141,16 +141,24 @@ def _model_speedup(csv_path: str) -> Dict[str, object]:
 
 
 def _collapse_warning(metrics: Dict) -> List[str]:
-    """A line for the summary when the student answers (almost) one class: its accuracy is
-    then the class balance of the test split, not something it learned."""
-    share = metrics.get("top_class_share")
-    if share is None or share < 0.95:
+    """A line for the summary when the collapse guard of the trainer
+    (:func:`spd.metrics.collapse_check`, in every evaluation) flagged ``metrics``: the model
+    answers (nearly) one class, so its accuracy is about the class balance of the split."""
+    from ..metrics import collapse_text
+
+    check = metrics.get("collapse") or {}
+    if not check.get("flagged"):
         return []
+    share = check.get("top_class_share", 0.0)
+    what = (
+        f"the student predicts one class for {share:.0%} of the test sentences"
+        if share >= 0.95
+        else "the student is near the majority class on the test sentences"
+    )
     return [
-        f"**Note:** the student predicts one class for {share:.0%} of the test sentences: at this "
-        "budget it has not recovered from the pruning (its accuracy is about the share of that class). "
-        "Scale the run up (`--max-train-samples`, `--prune-epochs`, `--final-epochs`) or use "
-        "`--granularity element`; see README, Training.",
+        f"**Note:** {what}: at this budget it has not recovered from the pruning "
+        f"({collapse_text(check)}). Scale the run up (`--max-train-samples`, `--prune-epochs`, "
+        "`--final-epochs`) or use `--granularity element`; see README, Training.",
         "",
     ]
 
@@ -315,6 +323,8 @@ def run(args) -> int:
         "student_test_accuracy": s_acc,
         "exported_test_accuracy": e_acc,
         "retained_accuracy": s_acc / t_acc if t_acc else None,
+        # the trainer's collapse guard: the student (validation) and the exported model (test)
+        "collapse": {"student": student.get("collapse"), "exported": exported_eval["test"].get("collapse")},
         "model_speedup": speed,
         "exported_files_bytes": sizes,
         "timings_s": {**timings, "total_s": time.time() - t_start},

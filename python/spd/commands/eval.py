@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from spd_kernels.nn import SparseLinear
 
 from ..config import add_dataclass_arguments, build_config
-from ..data import DataConfig, load_task
+from ..data import DataConfig, check_label_mapping, load_task
+from ..metrics import collapse_text
 from ..models import is_saved_model, load_pretrained, masked_linears
 from ..pruning import model_sparsity
 from ..trainer import evaluate_model
@@ -53,6 +55,7 @@ def run(args) -> int:
         task, enc = prepare_data(data_cfg, tokenizer, loaded)
         if model.config.num_labels != task.num_labels:
             raise ValueError(f"{path} has {model.config.num_labels} labels, the task has {task.num_labels}")
+        check_label_mapping(model.config, task, path)
         use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
         dev = torch.device("cuda" if use_cuda else "cpu")
         model.to(dev)
@@ -68,8 +71,13 @@ def run(args) -> int:
             "sparsity": model_sparsity(masked) if masked else (1 - stored / total if packed else 0.0),
             **{s: evaluate_model(model, enc[s], task, args.batch_size, dev) for s in splits},
         }
+        if task.report:
+            out["data"] = task.report
     except (ValueError, TypeError, FileNotFoundError, OSError) as e:
         return fail(str(e))
+    for s in splits:
+        if (out[s].get("collapse") or {}).get("flagged"):
+            print(f"warning: collapse on {s}: {collapse_text(out[s]['collapse'])}", file=sys.stderr)
     text = json.dumps(out, indent=2, sort_keys=True)
     print(text)
     if args.output:

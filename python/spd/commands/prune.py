@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import add_dataclass_arguments, build_config, check_file_sections
-from ..data import DataConfig
+from ..data import DataConfig, check_label_mapping
 from ..distill import DistillConfig
 from ..distributed import cleanup, init_distributed
 from ..grafting import GraftConfig
@@ -124,6 +124,7 @@ def run(args) -> int:
                     f"teacher {stages.teacher} has {teacher.config.num_labels} labels, "
                     f"the task has {task.num_labels}"
                 )
+            check_label_mapping(teacher.config, task, f"teacher {stages.teacher}")
             teacher.eval()
         phases = prune_phases(method, stages, pruning, distill, graft, task.num_labels, task.regression)
         fp = fingerprint(
