@@ -57,11 +57,13 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def tolerance(ref64, same_dtype_baseline, factor=2.0) -> float:
     """flash-attention's rule: ``factor`` x the error of the same computation done by torch in
-    the kernel's dtype, plus a floor of a few float32 ulps of the result's scale (every kernel
-    accumulates in float32 at least; the floor only matters where torch happens to be exact)."""
+    the kernel's dtype, plus a floor of a few ulps of the result's scale in the accumulation
+    dtype (float32, float64 for float64 results; every kernel accumulates in float32 at least,
+    and the floor only matters where torch happens to be exact)."""
     base = max_err(same_dtype_baseline, ref64)
     scale = ref64.abs().max().item() + 1.0 if ref64.numel() else 1.0
-    return factor * base + 8 * torch.finfo(torch.float32).eps * scale
+    acc = torch.float64 if same_dtype_baseline.dtype == torch.float64 else torch.float32
+    return factor * base + 8 * torch.finfo(acc).eps * scale
 
 
 def assert_close_to_ref(out, ref64, same_dtype_baseline, what="output", factor=2.0):
