@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,16 @@ class SaveReport:
 
 
 # ---------------------------------------------------------------------- atomic files
+def _stop_point(point: str) -> None:
+    """Test hook (tests/faults): when ``SPD_TEST_STOP_AT`` names ``point``, the process stops
+    itself (SIGSTOP) there, so a test can SIGKILL it exactly inside a write. Points:
+    ``file:written`` (temporary file complete, not yet moved in), ``directory:written``
+    (temporary directory complete, nothing renamed), ``directory:moved-aside`` (old directory
+    renamed aside, new one not yet in place). Unset, it costs one environment lookup a write."""
+    if os.environ.get("SPD_TEST_STOP_AT") == point:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
 def _fsync_dir(path: PathLike) -> None:
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
@@ -108,6 +119,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    _stop_point("file:written")
     os.replace(tmp, path)
     _fsync_dir(path)
 
@@ -126,6 +138,7 @@ def atomic_save_tensors(path: PathLike, tensors, metadata: Optional[Dict[str, st
         save_file(flat, tmp, metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _stop_point("file:written")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -190,9 +203,11 @@ def _atomic_directory(path: PathLike) -> Iterator[Path]:
         for f in tmp.rglob("*"):
             if f.is_file():
                 _fsync(f)
+        _stop_point("directory:written")
         if path.exists():
             backup = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
             os.rename(path, backup)
+            _stop_point("directory:moved-aside")
             try:
                 os.rename(tmp, path)
             except BaseException:

@@ -17,14 +17,28 @@ for _sub in ("nn", "spd"):
 
 
 def pytest_configure(config):
-    """Under CI=true or SPD_REQUIRE_EXT=1 a missing or unloadable extension stops the run at
-    once with one line (otherwise the cpu tests would skip and the suite pass without it)."""
+    """Under CI=true or SPD_REQUIRE_EXT=1 a missing or unloadable extension, or one that loads
+    but whose cpu backend reports itself unavailable (no CPU kernels registered: a build without
+    AVX2, another architecture), stops the run at once with one line (otherwise the cpu tests
+    would skip and the suite pass without them)."""
     try:
         from spd_kernels import _ext
     except ImportError as exc:  # SPD_REQUIRE_EXT=1: importing the package already refused
         pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
-    if _ext._C is None and _ext.ext_required():
+    if not _ext.ext_required():
+        return
+    if _ext._C is None:
         pytest.exit(_ext.missing_message(_ext.IMPORT_ERROR), returncode=pytest.ExitCode.USAGE_ERROR)
+    import spd_kernels as sk
+
+    reasons = sk.available_backends()["cpu"]
+    if reasons:
+        pytest.exit(
+            "spd_kernels: the cpu backend is required (SPD_REQUIRE_EXT / CI) but reports itself "
+            f"unavailable: {'; '.join(reasons)}; rebuild the extension on an x86-64 CPU with AVX2 "
+            "and FMA, or set SPD_REQUIRE_EXT=0",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,73 +1,85 @@
-"""SIGKILL while a checkpoint or a pruned-model directory is being written leaves the previous
-one loadable (and verified), and a refused load touches no weight."""
+"""SIGKILL inside a checkpoint or pruned-model directory write leaves the previous one loadable
+(and verified), and a refused load touches no weight.
+
+The writers save version 0, then version 1 with ``SPD_TEST_STOP_AT`` naming a point inside the
+write (spd_kernels.checkpoint's test hook): the process stops itself there, the test checks that
+the new version is half-done on disk (the write was in progress), then SIGKILLs it."""
 
 import os
 import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_models import out, tiny_model, token_ids
 
 import spd_kernels as sk
-from helpers import sigkill_when
+from helpers import stopped_inside_write
 from spd.checkpoint import check_fingerprint, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# The writers loop forever, each save a new version; "ready" appears after the first save.
+# version 0 is saved whole; the stop point is armed for version 1 only
 CHECKPOINT_WRITER = """
-import sys, torch
+import os, sys, torch
 from spd.checkpoint import save_checkpoint
-path, ready = sys.argv[1], sys.argv[2]
-i = 0
-while True:
-    save_checkpoint(path, {"i": i}, {"w": torch.full((1 << 21,), float(i))})  # 8 MB a save
-    if i == 0:
-        open(ready, "w").close()
-    i += 1
+path, point = sys.argv[1], os.environ.pop("SPD_TEST_STOP_AT")
+for i in range(2):
+    save_checkpoint(path, {"i": i}, {"w": torch.full((1 << 16,), float(i))})
+    os.environ["SPD_TEST_STOP_AT"] = point
+raise SystemExit("version 1 was saved without stopping")
 """
 DIRECTORY_WRITER = """
-import sys, torch
-sys.path.insert(0, sys.argv[3])
+import os, sys, torch
+sys.path.insert(0, sys.argv[2])
 import spd_kernels as sk
 from tiny_models import tiny_model
-path, ready = sys.argv[1], sys.argv[2]
+path, point = sys.argv[1], os.environ.pop("SPD_TEST_STOP_AT")
 model = sk.sparsify(tiny_model(), block=16, density=0.5)
-i = 0
-while True:
+for i in range(2):
     with torch.no_grad():
-        model.classifier.bias.fill_(float(i))  # each save a new version
+        model.classifier.bias.fill_(float(i))
     sk.save_pretrained(model, path)
-    if i == 0:
-        open(ready, "w").close()
-    i += 1
+    os.environ["SPD_TEST_STOP_AT"] = point
+raise SystemExit("version 1 was saved without stopping")
 """
 
 
-def _kill_while_writing(code, target, tmp_path, delay, *args):
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python")]), OMP_NUM_THREADS="1"
-    )
-    ready = tmp_path / "ready"
-    ready.unlink(missing_ok=True)
-    sigkill_when([sys.executable, "-c", code, str(target), str(ready), *args], env, ready.exists, delay, 120)
+def _env():
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "python")])
+    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.3])
-def test_killed_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path, delay):
+def test_checkpoint_killed_inside_its_write_leaves_the_previous_one(tmp_path):
     path = tmp_path / "checkpoint-last.safetensors"
-    _kill_while_writing(CHECKPOINT_WRITER, path, tmp_path, delay)
+    cmd = [sys.executable, "-c", CHECKPOINT_WRITER, str(path)]
+    with stopped_inside_write(cmd, _env(), "file:written") as proc:
+        # stopped with version 1 complete in its temporary file, not yet moved over version 0
+        tmp = tmp_path / f".{path.name}.tmp.{proc.pid}"
+        assert torch.equal(load_file(tmp)["w"], torch.full((1 << 16,), 1.0))
+        assert load_checkpoint(str(path))[0] == {"i": 0}
     state, tensors = load_checkpoint(str(path))  # sha256 verified: not torn
-    assert torch.equal(tensors["w"], torch.full((1 << 21,), float(state["i"])))
+    assert state == {"i": 0} and torch.equal(tensors["w"], torch.zeros(1 << 16))
 
 
-@pytest.mark.parametrize("delay", [0.1])
-def test_killed_directory_save_leaves_a_loadable_model(tmp_path, delay):
-    path = tmp_path / "best"
-    _kill_while_writing(DIRECTORY_WRITER, path, tmp_path, delay, os.path.join(ROOT, "tests", "nn"))
+def _bias(path):
     model = sk.load_pruned(path)  # every file checked against the manifest's sha256
-    i = float(model.classifier.bias.detach()[0])
-    assert torch.all(model.classifier.bias == i) and i == int(i)
+    return model.classifier.bias.detach()
+
+
+@pytest.mark.parametrize("point", ["directory:written", "directory:moved-aside"])
+def test_directory_save_killed_inside_its_write_leaves_the_previous_one(tmp_path, point):
+    path = tmp_path / "best"
+    cmd = [sys.executable, "-c", DIRECTORY_WRITER, str(path), os.path.join(ROOT, "tests", "nn")]
+    with stopped_inside_write(cmd, _env(), point):
+        (tmp,) = tmp_path.glob(".best.tmp-*")  # version 1, complete, in its temporary directory
+        assert torch.all(load_file(tmp / "model.safetensors")["classifier.bias"] == 1.0)
+        if point == "directory:written":  # nothing renamed yet
+            assert not list(tmp_path.glob(".best.old-*")) and torch.all(_bias(path) == 0.0)
+        else:  # version 0 moved aside, nothing at the target
+            assert not path.exists() and len(list(tmp_path.glob(".best.old-*"))) == 1
+    assert torch.all(_bias(path) == 0.0)  # (a load puts a moved-aside version 0 back first)
+    assert path.is_dir() and not list(tmp_path.glob(".best.old-*"))
 
 
 def test_a_save_killed_between_its_renames_is_recovered(tmp_path):

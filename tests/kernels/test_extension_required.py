@@ -1,6 +1,8 @@
 """A missing extension must not pass CI quietly: ``SPD_REQUIRE_EXT=1`` makes ``import
-spd_kernels`` fail, and ``CI=true`` stops the test run at once (tests/conftest.py). The
-extension is blocked in a subprocess by putting ``None`` in ``sys.modules["spd_kernels._C"]``."""
+spd_kernels`` fail, and ``CI=true`` stops the test run at once (tests/conftest.py), also when
+the extension loads but the cpu backend reports itself unavailable. The extension is blocked in
+a subprocess by putting ``None`` in ``sys.modules["spd_kernels._C"]``; an extension without CPU
+kernels is an empty module put there instead (it loads, registers no op)."""
 
 import os
 import subprocess
@@ -13,10 +15,12 @@ from spd_kernels import _ext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BLOCK = "import sys; sys.modules['spd_kernels._C'] = None\n"
+NO_CPU_KERNELS = "import sys, types; sys.modules['spd_kernels._C'] = types.ModuleType('spd_kernels._C')\n"
 
 
 def _env(tmp_path, **extra):
     (tmp_path / "block_spd_ext.py").write_text(BLOCK)
+    (tmp_path / "empty_spd_ext.py").write_text(NO_CPU_KERNELS)
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "SPD_REQUIRE_EXT")}
     paths = [str(tmp_path), ROOT, os.path.join(ROOT, "python"), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -71,3 +75,18 @@ def test_test_run_stops_at_once_naming_the_extension(tmp_path, flag):
     assert r.returncode == pytest.ExitCode.USAGE_ERROR, r.stdout + r.stderr
     assert "spd_kernels._C is required" in r.stdout + r.stderr
     assert "passed" not in r.stdout
+
+
+@pytest.mark.parametrize("flag", [{"CI": "true"}, {"SPD_REQUIRE_EXT": "1"}])
+def test_test_run_stops_when_the_extension_loads_without_cpu_kernels(tmp_path, flag):
+    test = os.path.join(ROOT, "tests", "kernels", "test_extension_required.py")
+    node = f"{test}::test_when_the_extension_is_required"
+    args = ["-m", "pytest", "-p", "empty_spd_ext", "-q", "-p", "no:cacheprovider", node]
+    r = _run(args, _env(tmp_path, **flag))
+    assert r.returncode == pytest.ExitCode.USAGE_ERROR, r.stdout + r.stderr
+    assert "the cpu backend is required" in r.stdout + r.stderr
+    assert "extension has no CPU kernels" in r.stdout + r.stderr
+    assert "passed" not in r.stdout
+    if "CI" in flag:  # not CI: the same run goes on (the cpu tests would skip with the reason)
+        r = _run(args, _env(tmp_path))
+        assert r.returncode == 0 and "passed" in r.stdout, r.stdout + r.stderr

@@ -52,6 +52,12 @@ def _check(block, sparsity, m, dtype, activation=None, factor=None):
     x = torch.randn(m, k).to(dtype)
     bias = torch.randn(n).to(dtype)
     dy = torch.randn(m, n).to(dtype)
+    if dtype is torch.bfloat16 and factor is None and activation is None:
+        # the interpreter casts float32 -> bfloat16 by truncation (triton/runtime/interpreter.py,
+        # cast_impl -> _convert_float with no rounding mode): up to 1 ulp where torch's
+        # round-to-nearest makes 1/2, so twice the rule's factor (test_triton_gpu.py keeps 2;
+        # with an activation check_products allows 4 already)
+        factor = 4.0
     check_products("triton", W, dense, x, dy, bias, activation, factor)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import spd_kernels as sk
-from helpers import SPARSITIES, random_block_mask, ref_linear
+from helpers import SPARSITIES, assert_close_to_ref, random_block_mask, ref_linear
 from spd_kernels.nn import MaskedLinear, crossover, packing
 
 
@@ -208,7 +208,17 @@ def test_dtype_change_and_autocast():
 
 def test_sparse_path_through_backend_choice():
     layer = MaskedLinear(32, 16, block=16, sparse_path="always")
+    with torch.no_grad():
+        layer.bias.normal_()
     layer.prune_magnitude(0.5)
-    with sk.use_backend("reference"):
-        y = layer(torch.randn(2, 32))
-    assert y.shape == (2, 16)
+    x = torch.randn(2, 32)
+    calls = []
+    reference = sk.BACKENDS["reference"]
+    with sk.use_backend("reference"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reference, "dds_t", lambda *a: calls.append(1) or type(reference).dds_t(reference, *a))
+        y = layer(x)
+    assert layer.last_path == "sparse(bsr16)" and calls  # the chosen backend ran the product
+    w = (layer.weight * layer.mask).detach()
+    assert layer.mask.float().mean() == 0.5
+    ref, _ = ref_linear(x, w, layer.bias.detach())  # float64 dense masked product
+    assert_close_to_ref(y.detach(), ref, torch.nn.functional.linear(x, w, layer.bias.detach()))

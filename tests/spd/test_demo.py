@@ -4,10 +4,23 @@ what it measured; `spd export` output loads with spd_kernels alone and evaluates
 import json
 
 import torch
+import transformers
 from spd_tiny import save_tiny_model_dir, sentences, write_csv
 
 import spd_kernels as sk
 from spd.cli import main
+
+
+def _predict(model, tokenizer_dir, rows):
+    """The model's class for each row, tokenized as the CLI does (max length 16)."""
+    tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    enc = tok([r[0] for r in rows], truncation=True, max_length=16, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model.eval()(**enc).logits.argmax(-1).tolist()
+
+
+def _accuracy(preds, rows):
+    return sum(p == int(r[1]) for p, r in zip(preds, rows)) / len(rows)
 
 
 def sk_dense_impls():
@@ -35,7 +48,10 @@ def test_demo_writes_the_report(tmp_path):
     ])  # fmt: skip
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
-    assert 0.0 <= res["teacher_test_accuracy"] <= 1.0
+    # the reported accuracies are the models' answers on the 12 test rows, recounted here
+    test_rows, tok_dir = rows[44:], tmp_path / "model"
+    teacher = transformers.AutoModelForSequenceClassification.from_pretrained(out / "runs/teacher/best")
+    assert res["teacher_test_accuracy"] == _accuracy(_predict(teacher, tok_dir, test_rows), test_rows)
     assert abs(res["student_sparsity"] - 0.75) < 0.02
     # the exported (packed) student computes what the masked student computed
     assert res["exported_test_accuracy"] == res["student_test_accuracy"]
@@ -46,8 +62,10 @@ def test_demo_writes_the_report(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "dense teacher" in summary and "exported" in summary
     assert f"fastest dense engine ({res['model_speedup']['model_forward_dense_impl']})" in summary
+    preds = _predict(sk.load_pruned(out / "exported"), tok_dir, test_rows)
     share = json.loads((out / "exported_eval.json").read_text())["test"]["top_class_share"]
-    assert 0.5 <= share <= 1.0
+    assert share == max(preds.count(0), preds.count(1)) / 12
+    assert res["exported_test_accuracy"] == _accuracy(preds, test_rows)
     assert ("predicts one class" in summary) == (share >= 0.95)
     assert (out / "training.png").stat().st_size > 10_000
     # the exported directory needs only spd_kernels to load
