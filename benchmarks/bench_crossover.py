@@ -16,7 +16,7 @@ each, default 15). The table is computed from the rows written to the CSV, so th
 agree; ``--from-csv`` recomputes and rewrites the table from a committed CSV without timing.
 Re-run it whenever a backend's kernels change:
 
-    python benchmarks/bench_crossover.py                # 2 threads, 2048 tokens (~10 min)
+    python benchmarks/bench_crossover.py                # 2 threads, 2048 tokens (~5 min)
     python benchmarks/bench_crossover.py --quick --no-write   # a smoke run
     python benchmarks/bench_crossover.py --from-csv benchmarks/results/crossover.csv   # table only
 """

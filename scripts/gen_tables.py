@@ -538,8 +538,10 @@ def table_readme_results() -> str:
     return (
         "\n".join(lines) + f"\n\nMachine: {dev.get('device', '?')}, {dev.get('threads', '?')} threads, "
         f"torch {dev.get('torch', '?')}. "
-        "Each figure comes from the CSV named beside it in `benchmarks/results/` (its rows carry the "
-        "machine line and the command); `python scripts/gen_tables.py` writes this table from them."
+        "Each figure comes from the CSV named beside it in `benchmarks/results/`; the command that "
+        "makes each CSV is in its `command` column and in "
+        "[docs/benchmarks.md](docs/benchmarks.md#re-measuring-the-published-figures) (kernels, models) "
+        "or [docs/training.md](docs/training.md) (accuracy, training)."
     )
 
 
