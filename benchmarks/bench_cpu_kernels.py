@@ -15,13 +15,19 @@ The cpu backend's kernels are called directly (``ProfileSpec(direct=True)``), as
 baselines are; torch.sparse gets the first form that runs (the transposed weight for the input
 grad is built before timing; torch has no BSR ``sampled_addmm``, so those rows are skipped with
 the reason). Every sparse result is checked against the float64 dense product before it is
-timed. Timing: ``torch.utils.benchmark`` (``blocked_autorange``), median with p20/p80. Writes
+timed. Timing (``ProfileSpec(interleave=True)``): for each shape and op, dense and every sparse
+case of that shape are timed side by side, ``--samples`` rounds (default 15) of one sample of
+each, a sample being the mean of as many back-to-back calls as last ``--min-run-time /
+--samples`` seconds; median with p20/p80. Writes
 the profiler's long-format CSV (plus ``speedup_vs_torch_sparse`` and ``gflops``) and prints a
 markdown table with the machine line and the command.
 
     python benchmarks/bench_cpu_kernels.py                 # full grid -> benchmarks/results/cpu_kernels.csv
     python benchmarks/bench_cpu_kernels.py --preset minilm --out /tmp/m.csv   # MiniLM, M 128 and 4096
     python benchmarks/bench_cpu_kernels.py --quick --out /tmp/q.csv   # seconds: tiny shapes
+    python benchmarks/bench_cpu_kernels.py --threads 1 --out benchmarks/results/cpu_kernels_1thread.csv
+    python benchmarks/bench_cpu_kernels.py --preset minilm --sparsities 0.9 --layouts csr,bsr8,bsr16,bsr32 \\
+        --out benchmarks/results/cpu_kernels_minilm.csv
 """
 
 from __future__ import annotations
@@ -131,7 +137,10 @@ def parse_args(argv=None):
     )
     p.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)), help="comma-separated")
     p.add_argument("--layouts", default=None, help=f"comma-separated, e.g. {','.join(LAYOUTS)} (the default)")
-    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement (default 0.5)")
+    p.add_argument(
+        "--min-run-time", type=float, default=0.5, help="seconds per implementation and case (default 0.5)"
+    )
+    p.add_argument("--samples", type=int, default=15, help="interleaved samples per implementation (15)")
     p.add_argument("--no-torch-sparse", action="store_true", help="skip the torch.sparse baselines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(HERE, "results", "cpu_kernels.csv"), help="CSV path")
@@ -146,6 +155,9 @@ def parse_args(argv=None):
     if args.quick:
         ms, args.shapes, args.sparsities, args.preset = "64", "64x128", "0.5", None
         args.min_run_time = min(args.min_run_time, 0.005)
+        args.samples = min(args.samples, 3)
+    if args.samples < 1:
+        p.error(f"--samples must be >= 1, got {args.samples}")
     args.ms = [int(v) for v in ms.split(",")]
     if args.preset:
         args.shapes = [s for m in args.ms for s in preset_shapes(args.preset, m)]
@@ -178,9 +190,10 @@ def main(argv=None) -> int:
         threads=args.threads,
         warmup=1,
         min_run_time=args.min_run_time,
-        min_samples=1,
+        min_samples=args.samples,
         seed=args.seed,
         direct=True,
+        interleave=True,
     )
     try:
         rows = run_profile(spec, progress=args.verbose)

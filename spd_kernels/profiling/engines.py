@@ -12,12 +12,16 @@ name                what runs
 ``onnxruntime``     the twin exported to ONNX, ONNX Runtime CPU with every graph optimisation
 ``onnxruntime-fused`` the same after ``onnxruntime.transformers``' BERT fusions (fused
                     attention, skip layer norm, bias GELU); BERT-family configs only
+``onnxruntime-spin``, the two ONNX Runtime engines with their worker threads spinning between
+``onnxruntime-fused-spin`` runs (ONNX Runtime's own default): faster wake-up, cores held
 ==================  ==========================================================================
 
 ONNX Runtime and onnx are benchmark extras (``requirements/bench.txt``), never a dependency of
 the package: without them those engines are skipped with the reason. Sessions run with
-``intra_op_num_threads`` = the timing threads and spinning off, so idle ONNX Runtime threads do
-not take the cores while the next case is timed.
+``intra_op_num_threads`` = the timing threads; the plain engines with spinning off, the
+``-spin`` ones with it on, so a benchmark can time both and count the faster. Spinning threads
+hold the cores for a while after a run: :func:`~spd_kernels.profiling.timing.time_interleaved`'s
+``settle`` pause lets them go to sleep before the next engine is timed.
 """
 
 from __future__ import annotations
@@ -31,15 +35,26 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-ENGINES = ("eager", "eager-attention", "compiled", "onnxruntime", "onnxruntime-fused")
+ENGINES = (
+    "eager",
+    "eager-attention",
+    "compiled",
+    "onnxruntime",
+    "onnxruntime-spin",
+    "onnxruntime-fused",
+    "onnxruntime-fused-spin",
+)
 DEFAULT_ENGINES = ENGINES
+ORT_ENGINES = ("onnxruntime", "onnxruntime-spin", "onnxruntime-fused", "onnxruntime-fused-spin")
 # the profiler's ``impl`` column for each engine
 IMPL_OF = {
     "eager": "dense_eager",
     "eager-attention": "dense_eager_attention",
     "compiled": "dense_compiled",
     "onnxruntime": "onnxruntime",
+    "onnxruntime-spin": "onnxruntime_spin",
     "onnxruntime-fused": "onnxruntime_fused",
+    "onnxruntime-fused-spin": "onnxruntime_fused_spin",
 }
 
 
@@ -119,7 +134,7 @@ class _Positional(nn.Module):
         return first_float(self.model(**dict(zip(self.keys, args))))
 
 
-def _ort_session(path: str, threads: int):
+def _ort_session(path: str, threads: int, spin: bool = False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -127,8 +142,8 @@ def _ort_session(path: str, threads: int):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
@@ -178,7 +193,7 @@ def onnxruntime_engines(
 ) -> List[Engine]:
     """The ``onnxruntime`` / ``onnxruntime-fused`` engines among ``names`` (skipped with the
     reason when ONNX Runtime, onnx or the export is not available)."""
-    wanted = [n for n in ("onnxruntime", "onnxruntime-fused") if n in names]
+    wanted = [n for n in ORT_ENGINES if n in names]
     if not wanted:
         return []
 
@@ -204,16 +219,21 @@ def onnxruntime_engines(
     feeds = {k: v.detach().cpu().numpy() for k, v in inputs.items()}
     version = f"onnxruntime {ort.__version__}"
     out: List[Engine] = []
+    fused = None  # (path, note) of the fused graph, made once for both spin settings
     for name in wanted:
+        spin = name.endswith("-spin")
         path, note = plain, f"{version}, ORT_ENABLE_ALL"
         try:
-            if name == "onnxruntime-fused":
-                dims = _bert_dims(twin)
-                if dims is None:
-                    raise ValueError("fusions need a BERT-family config")
-                path, stats = _fuse(plain, *dims, os.path.join(workdir, "dense_fused.onnx"))
-                note += ", fusions " + " ".join(f"{k}x{v}" for k, v in sorted(stats.items()))
-            session = _ort_session(path, threads)
+            if name.startswith("onnxruntime-fused"):
+                if fused is None:
+                    dims = _bert_dims(twin)
+                    if dims is None:
+                        raise ValueError("fusions need a BERT-family config")
+                    fpath, stats = _fuse(plain, *dims, os.path.join(workdir, "dense_fused.onnx"))
+                    fused = (fpath, ", fusions " + " ".join(f"{k}x{v}" for k, v in sorted(stats.items())))
+                path, note = fused[0], note + fused[1]
+            note += ", spinning on" if spin else ", spinning off"
+            session = _ort_session(path, threads, spin)
         except Exception as exc:  # noqa: BLE001  (a baseline that cannot be built is reported, not fatal)
             out.append(
                 Engine(name, IMPL_OF[name], "onnxruntime", None, skipped=f"{type(exc).__name__}: {exc}"[:300])
@@ -276,6 +296,7 @@ __all__ = [
     "ENGINES",
     "Engine",
     "IMPL_OF",
+    "ORT_ENGINES",
     "call_model",
     "check_engines",
     "dense_engines",

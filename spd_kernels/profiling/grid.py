@@ -165,6 +165,8 @@ class ProfileSpec:
     ``compile_backend``: ``torch.compile``'s backend for the ``compiled`` baseline.
     ``direct``: time the backend's kernels themselves (no dispatch, no autograd; needs a named
     ``backend``) instead of ``sparse_linear`` & co.
+    ``interleave`` (CPU): time the dense baselines and all sparse cases of one (shape, dtype, op)
+    side by side in ``min_samples`` rounds instead of one after the other.
     """
 
     shapes: Sequence[Union[str, Shape]] = field(default_factory=lambda: preset_shapes("minilm"))
@@ -183,6 +185,7 @@ class ProfileSpec:
     seed: int = 0
     compile_backend: str = "inductor"
     direct: bool = False
+    interleave: bool = False
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ def profile_model(
     workdir: Optional[str] = None,
     variants: Optional[Mapping[str, nn.Module]] = None,
     name: str = "model",
+    settle: float = 0.05,
 ) -> List[Dict[str, object]]:
     """Time ``model`` against its dense twin run by the dense engines a user would pick.
 
@@ -175,6 +176,9 @@ def profile_model(
     over the linears the twin replaced. ``variants``: other pruned versions of the same dense
     model (e.g. other layouts), timed in the same rounds as ``model`` and the dense engines,
     each checked against its own dense twin; their rows' impl is ``spd_kernels/<key>``.
+    ``settle``: seconds slept (untimed) each time the next implementation takes over in
+    interleaved rounds, so one engine's idle spinning threads (ONNX Runtime's spinning workers,
+    OpenMP's spin-wait) do not slow the next (default 0.05; 0: none).
     """
     for op in ops:
         if op not in ("model_forward", "model_fwd_bwd"):
@@ -275,6 +279,7 @@ def profile_model(
                     calls=max(1, -(-int(min_samples) // int(rounds))),
                     warmup=max(int(warmup) - 1, 0),
                     threads=threads,
+                    settle=settle,
                 )
                 results = [timings[i] for i in range(len(cases))]
             else:

@@ -8,7 +8,8 @@ benchmark script and ``spd profile`` write this schema. The speedup of a row is
 
     speedup_vs_best_dense = best_dense_p50 / p50,   best_dense_p50 = min p50 of the dense rows
                                                       (``DENSE_IMPLS``: torch eager / compiled,
-                                                      ONNX Runtime plain / fused)
+                                                      ONNX Runtime plain / fused, spinning
+                                                      off / on)
 
 over the rows with the same op, dtype and shape (M, N, K), so > 1 means faster than the best
 dense implementation that was measured; dense rows get their own ratio (<= 1).
@@ -58,7 +59,9 @@ DENSE_IMPLS = (
     "dense_eager_attention",
     "dense_compiled",
     "onnxruntime",
+    "onnxruntime_spin",
     "onnxruntime_fused",
+    "onnxruntime_fused_spin",
 )
 Row = Dict[str, object]
 

@@ -31,7 +31,7 @@ from ..formats import SparseMatrix
 from ..nn.binarizers import topk_mask
 from .grid import Layout, Plan, ProfileSpec, Shape, dtype_name, plan
 from .report import CSV_COLUMNS, DENSE_IMPLS, add_speedups  # noqa: F401
-from .timing import Timing, environment, time_callable, torch_threads
+from .timing import Timing, environment, time_callable, time_interleaved, torch_threads
 
 SPD_IMPL = "spd_kernels"
 TORCH_SPARSE_IMPL = "torch_sparse"
@@ -287,34 +287,48 @@ def _base_row(op: str, shape: Shape, dtype: torch.dtype, env: Dict[str, str]) ->
     return row
 
 
+def prepare_case(row, bench_fn: Callable[[], Bench], refs, dtype, spec: ProfileSpec):
+    """Build the bench and run it once (checked against ``refs``, the float64 results, unless
+    None); the bench, or None with ``row``'s ``status`` (skipped, error or mismatch) and
+    ``note`` filled in."""
+    try:
+        bench = bench_fn()
+    except Unsupported as exc:
+        row.update(status="skipped", note=str(exc))
+        return None
+    row["backend"] = bench.backend
+    row["note"] = bench.note
+    try:
+        out = bench.fn()
+    except Exception as exc:  # noqa: BLE001  (a failing kernel is reported, the grid goes on)
+        row.update(status="error", note=f"{type(exc).__name__}: {_short(exc, 300)}")
+        return None
+    if refs is not None and spec.check:
+        outs = bench.canon(out)
+        row["max_rel_err"] = max(rel_errors(outs, refs), default=0.0)
+        bad = check(outs, refs, dtype)
+        if bad is not None:
+            row.update(status="mismatch", note=(bench.note + "; " if bench.note else "") + bad)
+            return None
+    return bench
+
+
+def _record(row, t: Timing):
+    row.update(t.ms())
+    row.update(samples=t.samples, status="ok")
+    return row
+
+
 def measure_case(
     row, bench_fn: Callable[[], Bench], refs, dtype, timer: Timer, spec: ProfileSpec, device, context=None
 ):
     """Build the bench, run it once (and check it against ``refs``, the float64 results, unless
     None), then time it on ``device`` with ``spec``'s settings; fills ``row`` in place (``status`` ok,
     skipped, error or mismatch, with the reason in ``note``)."""
-    try:
-        bench = bench_fn()
-    except Unsupported as exc:
-        row.update(status="skipped", note=str(exc))
-        return row
-    row["backend"] = bench.backend
-    row["note"] = bench.note
-    ctx = context if context is not None else contextlib.nullcontext()
-    with ctx:
-        try:
-            out = bench.fn()
-        except Exception as exc:  # noqa: BLE001  (a failing kernel is reported, the grid goes on)
-            row.update(status="error", note=f"{type(exc).__name__}: {_short(exc, 300)}")
+    with context if context is not None else contextlib.nullcontext():
+        bench = prepare_case(row, bench_fn, refs, dtype, spec)
+        if bench is None:
             return row
-        if refs is not None and spec.check:
-            outs = bench.canon(out)
-            row["max_rel_err"] = max(rel_errors(outs, refs), default=0.0)
-            bad = check(outs, refs, dtype)
-            if bad is not None:
-                row.update(status="mismatch", note=(bench.note + "; " if bench.note else "") + bad)
-                return row
-        del out
         t = timer(
             bench.fn,
             device=device,
@@ -323,13 +337,19 @@ def measure_case(
             min_samples=spec.min_samples,
             threads=spec.threads,
         )
-    row.update(t.ms())
-    row.update(samples=t.samples, status="ok")
-    return row
+    return _record(row, t)
 
 
 def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True) -> List[Dict[str, object]]:
-    """Time every implementation of every case of a validated plan; rows with speedups filled."""
+    """Time every implementation of every case of a validated plan; rows with speedups filled.
+
+    With ``spec.interleave`` (CPU), the dense baselines and every sparse case of one (shape,
+    dtype, op) are checked first and then timed side by side
+    (:func:`~spd_kernels.profiling.timing.time_interleaved`: ``min_samples`` rounds, one sample
+    of each implementation a round, each sample at least ``min_run_time / min_samples`` seconds
+    of back-to-back calls), so a drift of the machine cannot favour the dense row timed once
+    before twenty sparse ones; otherwise each is timed on its own with ``timer``, in order.
+    """
     from tqdm.auto import tqdm
 
     spec = plan_.spec
@@ -338,14 +358,46 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
     forced = None if plan_.backend == "auto" else plan_.backend
     bar = tqdm(total=plan_.n_timings(), desc="spd profile", unit="timing", disable=not progress)
     bench_of = kernel_bench if spec.direct else spd_bench
+    interleave = bool(spec.interleave) and plan_.device.type == "cpu"
 
     def step(desc: str):
         bar.set_postfix_str(desc, refresh=False)
 
-    with torch_threads(spec.threads):
+    pending: List[Tuple[Dict[str, object], Bench]] = []
+
+    def measure(row, bench_fn, refs, dtype, context=None):
+        if not interleave:
+            measure_case(row, bench_fn, refs, dtype, timer, spec, plan_.device, context=context)
+            return
+        bench = prepare_case(row, bench_fn, refs, dtype, spec)  # inside use_backend(forced)
+        if bench is not None:
+            pending.append((row, bench))
+
+    def flush():
+        """Time the prepared benches of one (shape, dtype, op) side by side."""
+        if not pending:
+            return
+        timings = time_interleaved(
+            {i: b.fn for i, (_, b) in enumerate(pending)},
+            rounds=int(spec.min_samples),
+            calls=1,
+            warmup=max(int(spec.warmup), 1),
+            threads=spec.threads,
+            min_block_time=float(spec.min_run_time) / int(spec.min_samples),
+        )
+        for i, (row, _) in enumerate(pending):
+            _record(row, timings[i])
+        pending.clear()
+
+    with torch_threads(spec.threads), use_backend(forced) if interleave else contextlib.nullcontext():
         for shape in plan_.shapes:
             for dtype in plan_.dtypes:
                 inp = make_inputs(shape, dtype, plan_.device, spec.seed)
+                sps = {
+                    (lay, s): make_sparse(inp.w, lay, s, spec.seed)
+                    for lay in plan_.layouts
+                    for s in plan_.sparsities
+                }
                 for op in plan_.ops:
                     for impl, compiled in (("dense_eager", False), ("dense_compiled", True)):
                         if (impl == "dense_eager" and "eager" not in plan_.baselines) or (
@@ -355,22 +407,13 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
                         step(f"{shape.name} {op} {impl}")
                         row = _base_row(op, shape, dtype, env)
                         row.update(impl=impl, layout="dense", block="", sparsity="", density=1.0)
-                        rows.append(
-                            measure_case(
-                                row,
-                                lambda: dense_bench(op, inp, compiled, spec.compile_backend),
-                                None,
-                                dtype,
-                                timer,
-                                spec,
-                                plan_.device,
-                            )
-                        )
+                        rows.append(row)
+                        bench_fn = lambda: dense_bench(op, inp, compiled, spec.compile_backend)  # noqa: E731
+                        measure(row, bench_fn, None, dtype)
                         bar.update(1)
-                for layout in plan_.layouts:
-                    for s in plan_.sparsities:
-                        sp = make_sparse(inp.w, layout, s, spec.seed)
-                        for op in plan_.ops:
+                    for layout in plan_.layouts:
+                        for s in plan_.sparsities:
+                            sp = sps[(layout, s)]
                             refs = reference(op, inp, sp) if spec.check else None
                             common = dict(
                                 layout=layout.name,
@@ -382,34 +425,22 @@ def run_plan(plan_: Plan, *, timer: Timer = time_callable, progress: bool = True
                             row = _base_row(op, shape, dtype, env)
                             row.update(impl=SPD_IMPL, **common)
                             backend = plan_.backend_names[(op, dtype, layout.block)]
-                            rows.append(
-                                measure_case(
-                                    row,
-                                    lambda: bench_of(op, inp, sp.W, backend),
-                                    refs,
-                                    dtype,
-                                    timer,
-                                    spec,
-                                    plan_.device,
-                                    context=use_backend(forced),
-                                )
+                            rows.append(row)
+                            measure(
+                                row,
+                                lambda: bench_of(op, inp, sp.W, backend),
+                                refs,
+                                dtype,
+                                context=use_backend(forced),
                             )
                             bar.update(1)
                             if "torch-sparse" in plan_.baselines:
                                 row = _base_row(op, shape, dtype, env)
                                 row.update(impl=TORCH_SPARSE_IMPL, **common)
-                                rows.append(
-                                    measure_case(
-                                        row,
-                                        lambda: torch_sparse_bench(op, inp, sp.W),
-                                        refs,
-                                        dtype,
-                                        timer,
-                                        spec,
-                                        plan_.device,
-                                    )
-                                )
+                                rows.append(row)
+                                measure(row, lambda: torch_sparse_bench(op, inp, sp.W), refs, dtype)
                                 bar.update(1)
+                    flush()
     bar.close()
     return add_speedups(rows)
 

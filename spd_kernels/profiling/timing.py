@@ -181,31 +181,61 @@ def time_interleaved(
     calls: int = 2,
     warmup: int = 1,
     threads: Optional[int] = None,
+    settle: float = 0.0,
+    min_block_time: float = 0.0,
 ) -> Dict[str, Timing]:
-    """Time several slow callables (a model call: milliseconds or more) side by side on a CPU.
+    """Time several callables side by side on a CPU.
 
-    After ``warmup`` untimed calls of each, ``rounds`` rounds each run every callable ``calls``
-    times in turn, one wall-clock sample per call: a slow drift of the machine (another job,
-    frequency, memory) spreads over all of them instead of favouring whichever ran first.
+    After ``warmup`` untimed calls of each, ``rounds`` rounds each take ``calls`` samples of
+    every callable in turn: a slow drift of the machine (another job, frequency, memory)
+    spreads over all of them instead of favouring whichever ran first.
+
+    ``settle`` (seconds, untimed) is slept each time the next callable takes over, so the idle
+    threads of the previous one (OpenMP's spin-wait after a torch or extension call, ONNX
+    Runtime's spinning workers) have gone to sleep before it starts and do not slow it.
+    ``min_block_time`` > 0 makes each sample the mean of as many back-to-back calls as take at
+    least that long (the count fixed per callable from its warm-up, at least 1): for calls of
+    microseconds to milliseconds, where the clock's own cost would show; 0 (the default): one
+    call per sample, for calls of milliseconds or more (a model forward).
     """
     _check_args(warmup, 1.0, rounds)
     if int(calls) < 1:
         raise ValueError(f"calls must be >= 1, got {calls}")
+    if not settle >= 0:
+        raise ValueError(f"settle must be >= 0 seconds, got {settle}")
+    if not min_block_time >= 0:
+        raise ValueError(f"min_block_time must be >= 0 seconds, got {min_block_time}")
     import time
 
     samples: Dict[str, list] = {k: [] for k in fns}
+    number: Dict[str, int] = dict.fromkeys(fns, 1)
     with torch_threads(threads):
-        for fn in fns.values():
-            for _ in range(int(warmup)):
+        for key, fn in fns.items():
+            if settle:
+                time.sleep(settle)
+            for _ in range(max(int(warmup), 1 if min_block_time else 0)):
+                t0 = time.perf_counter()
                 fn()
+                per_call = time.perf_counter() - t0  # the last warm-up call: past any compilation
+            if min_block_time:
+                number[key] = max(1, math.ceil(min_block_time / max(per_call, 1e-9)))
         for _ in range(int(rounds)):
             for key, fn in fns.items():
+                if settle:
+                    time.sleep(settle)
+                n = number[key]
                 for _ in range(int(calls)):
                     t0 = time.perf_counter()
-                    fn()
-                    samples[key].append(time.perf_counter() - t0)
+                    for _ in range(n):
+                        fn()
+                    samples[key].append((time.perf_counter() - t0) / n)
+    how = f"interleaved wall clock, {rounds} rounds" + (f", settle {settle * 1e3:g} ms" if settle else "")
     return {
-        k: Timing(*percentiles(v), samples=len(v), method=f"interleaved wall clock, {rounds} rounds")
+        k: Timing(
+            *percentiles(v),
+            samples=len(v),
+            method=how + (f", {number[k]} calls a sample" if number[k] > 1 else ""),
+        )
         for k, v in samples.items()
     }
 
