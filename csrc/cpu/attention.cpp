@@ -13,9 +13,11 @@
 // then P·V with the 1/sum applied to the output. No probability matrix or logsumexp is written.
 // Each output row is computed by the same sequence of operations whatever its tile, task or
 // thread, so results do not depend on the number of threads.
+#ifndef SPD_ATTENTION_STANDALONE  // defined by a timing driver that compiles the kernel alone
 #include <ATen/Parallel.h>
 #include <torch/all.h>
 #include <torch/library.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -88,6 +90,28 @@ void qk_tile(const float* q, int64_t ldq, const float* kt, int D, int Lp, float*
   }
 }
 
+// exp(x) for the softmax's x = (s - max) * scale <= 0: 2^n · p(t), n = round(x / ln 2) found with
+// the magic-bias trick (the integer lands in the low mantissa bits, shifted into the exponent),
+// t = x - n ln 2 in two steps (Cephes' split of ln 2: n · C1 is exact), p a degree-5 minimax
+// polynomial of e^t on [-ln2/2, ln2/2] (XNNPACK's rr2-p5 coefficients, 9e-8 relative), 0 below
+// the float32 denormal cut-off. 13 operations, against 17 for exp8 with its clamps (at d = 32 the
+// exponentials cost about as much as Q·Kᵀ). A NaN stays NaN.
+inline __m256 exp_nonpos8(__m256 x) {
+  const __m256 magic = _mm256_set1_ps(0x1.8000FEp23f);  // 1.5 * 2^23 + 127
+  __m256 n = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(n), 23));
+  n = _mm256_sub_ps(n, magic);
+  __m256 t = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  t = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), t);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0x1.0F9F9Cp-7f), t, _mm256_set1_ps(0x1.573A1Ap-5f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0x1.555A80p-3f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0x1.FFFDC6p-2f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0x1.FFFFF6p-1f));
+  t = _mm256_mul_ps(t, s);
+  const __m256 f = _mm256_fmadd_ps(t, p, s);
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-0x1.5D589Ep6f), _CMP_LT_OQ), f);
+}
+
 // One row of scores s[0, L) -> exp((s - max) * scale) in place (zero from L to the next multiple
 // of 8); returns 1 / sum. A NaN score makes the sum, and so the output row, NaN.
 float softmax_row(float* s, int L, float scale) {
@@ -105,12 +129,12 @@ float softmax_row(float* s, int L, float scale) {
   const __m256 sc = _mm256_set1_ps(scale), nms = _mm256_set1_ps(-m * scale);
   __m256 sum = _mm256_setzero_ps();
   for (int n = 0; n < L8; n += 8) {
-    const __m256 p = exp8(_mm256_fmadd_ps(_mm256_loadu_ps(s + n), sc, nms));
+    const __m256 p = exp_nonpos8(_mm256_fmadd_ps(_mm256_loadu_ps(s + n), sc, nms));
     _mm256_storeu_ps(s + n, p);
     sum = _mm256_add_ps(sum, p);
   }
   if (tail) {
-    __m256 p = exp8(_mm256_fmadd_ps(_mm256_loadu_ps(s + L8), sc, nms));
+    __m256 p = exp_nonpos8(_mm256_fmadd_ps(_mm256_loadu_ps(s + L8), sc, nms));
     p = _mm256_and_ps(p, valid);
     _mm256_storeu_ps(s + L8, p);
     sum = _mm256_add_ps(sum, p);
@@ -126,7 +150,8 @@ void pv_tile(const float* p, int lds, const float* vp, int D, int L, int c0, con
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   const float* vr = vp + c0;
-  for (int n = 0; n < L; ++n, vr += D) {
+  // unrolled: 72 -> 90 GFLOP/s on one core at d = 32 (the loop's own cost shows at 12 FMAs)
+  _Pragma("GCC unroll 4") for (int n = 0; n < L; ++n, vr += D) {
     __m256 a[R];
     for (int r = 0; r < R; ++r) a[r] = _mm256_broadcast_ss(p + r * lds + n);
     for (int c = 0; c < C; ++c) {
@@ -244,7 +269,10 @@ void attention_f32(const AttnArgs& a, int nthreads) {
 
 }  // namespace
 }  // namespace cpu
+}  // namespace spd
 
+#ifndef SPD_ATTENTION_STANDALONE
+namespace spd {
 namespace {
 
 bool attn_cpu_has_avx2_fma() {
@@ -305,5 +333,6 @@ at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
 }  // namespace spd
 
 TORCH_LIBRARY_IMPL(spd_kernels_C, CPU, m) { m.impl("cpu_attention", &spd::attention_cpu); }
+#endif  // SPD_ATTENTION_STANDALONE
 
 #endif  // __AVX2__ && __FMA__
