@@ -198,3 +198,22 @@ def test_empty_shapes():
     assert sa.attention(q, q, q).shape == (0, 5, 64)
     q = torch.randn(2, 0, 2, 32)
     assert sa.attention(q, q, q).shape == (2, 0, 64)
+
+
+def test_benchmark_front_end_smoke(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from spd_kernels.profiling import read_csv
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention_cpu.py"
+    spec = importlib.util.spec_from_file_location("bench_attention_cpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "a.csv"
+    assert bench.main(["--quick", "--threads", "1", "--out", str(out)]) == 0
+    rows = read_csv(out)
+    assert {r["impl"] for r in rows} == {"spd_kernels", "dense_eager", "dense_eager_attention"}
+    assert len(rows) == 6 and all(float(r["max_rel_err"]) < 1e-5 and float(r["gflops"]) > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rounds", "3", "--calls", "2"])  # fewer than 15 samples
