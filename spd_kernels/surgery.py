@@ -357,7 +357,8 @@ def export(
     module's own SDPA path whenever the kernel does not apply: attention maps or head masks asked
     for, autograd recording, training with dropout, a cache / cross-attention / causal mask, a
     mask that is not plain key padding, a non-CPU or non-float32 input, a head size that is not
-    a multiple of 8, ``torch.compile`` tracing. The module tree and state dict stay as they were
+    a multiple of 8, ``torch.compile`` tracing, another attention implementation set after
+    export. The module tree and state dict stay as they were
     (the saved folder format does not change; :func:`densify` undoes it): see :func:`fuse_attention`.
     Raises ``ValueError`` for a model with no sparse layer (nothing would be packed).
     """
@@ -435,6 +436,8 @@ class FusedQKVAttention:
     def _spd_fast_path_ok(self, hidden_states, past_key_values, kwargs) -> bool:
         if torch.compiler.is_compiling() or past_key_values is not None:
             return False
+        if getattr(self.config, "_attn_implementation", None) != "sdpa":
+            return False  # another attention was asked for after export (eager, flex, ...)
         if kwargs.get("output_attentions") or getattr(self.config, "output_attentions", False):
             return False
         if kwargs.get("head_mask") is not None or kwargs.get("encoder_hidden_states") is not None:

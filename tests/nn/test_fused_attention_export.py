@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
+from tiny_models import TINY, tiny_model, token_ids
 
 import spd_kernels as sk
 from spd_kernels import _ext
 from spd_kernels import attention as sa
 from spd_kernels.surgery import FusedQKVAttention
-
-from tiny_models import TINY, tiny_model, token_ids
 
 pytestmark = pytest.mark.skipif(not sa.available(), reason="the cpu attention kernel is not built")
 
