@@ -78,4 +78,9 @@ TORCH_LIBRARY(spd_kernels_C, m) {
   m.def(
       "cuda_sdd(Tensor dy, Tensor x, Tensor values, Tensor row_offsets, Tensor col_indices, "
       "Tensor block_rows, Tensor col_offsets, Tensor row_indices_t, Tensor perm_t) -> Tensor");
+  // Fused self-attention (csrc/cpu/attention.cpp; spd_kernels/attention.py): q, k, v (B, S, H, D)
+  // strided views, keys [key_start, key_end) per sequence; returns (B, S, H * D).
+  m.def(
+      "cpu_attention(Tensor q, Tensor k, Tensor v, Tensor key_start, Tensor key_end, float scale) "
+      "-> Tensor");
 }

@@ -39,7 +39,7 @@ from torch import nn
 from .formats import _check_block
 from .nn.masked import MaskedLinear
 from .nn.sparse import FusedActivation, SparseLinear
-from .surgery import CONFIG_ATTR, SparsityConfig, densify, size_report, sparsity_config
+from .surgery import CONFIG_ATTR, SparsityConfig, densify, fuse_attention, size_report, sparsity_config
 
 FORMAT = "spd_kernels.pruned"
 HF_FORMAT = "spd_kernels.hf_sparsity"
@@ -541,7 +541,17 @@ def _load_native(directory: Path, model: Optional[nn.Module], verify: bool) -> n
         ) from None
     if manifest.get("sparsity") is not None:
         setattr(model, CONFIG_ATTR, SparsityConfig.from_dict(manifest["sparsity"]))
+    _fuse_if_exported(model)
     return model
+
+
+def _fuse_if_exported(model: nn.Module) -> None:
+    """An exported (packed) model on SDPA gets its fused QKV attention back, as export gave it."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) == "sdpa" and any(
+        isinstance(m, SparseLinear) for m in model.modules()
+    ):
+        fuse_attention(model)
 
 
 def _load_hf(directory: Path, verify: bool) -> nn.Module:
@@ -583,6 +593,7 @@ def _load_hf(directory: Path, verify: bool) -> nn.Module:
             if new.values.shape[0] != rec["nnz_blocks"]:
                 raise ValueError(f"{origin}: layer {name!r} has {new.values.shape[0]} blocks, expected {rec}")
         _set(model, name, new)
+    _fuse_if_exported(model)
     if manifest.get("sparsity") is not None:
         setattr(model, CONFIG_ATTR, SparsityConfig.from_dict(manifest["sparsity"]))
     return model

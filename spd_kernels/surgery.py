@@ -17,10 +17,12 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .formats import _check_block
+from . import attention as _attention
+from .formats import SparseMatrix, _check_block
 from .nn.masked import SCORE_MODES, MaskedLinear, check_sparse_path
 from .nn.sparse import FusedActivation, SparseLinear
 
@@ -309,6 +311,7 @@ def densify(model: nn.Module) -> nn.Module:
             _replace(model, name, m.to_linear())
         elif isinstance(m, FusedActivation):
             _replace(model, name, m.original)
+    unfuse_attention(model)
     if hasattr(model, CONFIG_ATTR):
         delattr(model, CONFIG_ATTR)
     return model
@@ -334,7 +337,9 @@ def activation_name(module: nn.Module) -> Optional[str]:
     return None
 
 
-def export(model: nn.Module, *, fuse_activations: bool = True, attention: str = "sdpa") -> nn.Module:
+def export(
+    model: nn.Module, *, fuse_activations: bool = True, attention: str = "sdpa", fuse_qkv: bool = True
+) -> nn.Module:
     """Pack every :class:`MaskedLinear` of ``model`` into a :class:`SparseLinear` (in place).
 
     With ``fuse_activations`` the FFN's first linear and its activation (BERT/RoBERTa
@@ -345,6 +350,16 @@ def export(model: nn.Module, *, fuse_activations: bool = True, attention: str = 
     ``attention="sdpa"`` switches a Hugging Face model that runs another attention
     (eager, or the map-returning variant used while distilling attention) to
     ``scaled_dot_product_attention``, the fast one for inference; ``"keep"`` leaves it.
+
+    With ``fuse_qkv`` (and ``attention="sdpa"``) each BERT-family self-attention computes q, k
+    and v with one linear (the three patterns concatenated, N = 3·hidden) and runs the fused CPU
+    attention kernel (:mod:`spd_kernels.attention`) on its output in place; it falls back to the
+    module's own SDPA path whenever the kernel does not apply: attention maps or head masks asked
+    for, autograd recording, training with dropout, a cache / cross-attention / causal mask, a
+    mask that is not plain key padding, a non-CPU or non-float32 input, a head size that is not
+    a multiple of 8, ``torch.compile`` tracing, another attention implementation set after
+    export. The module tree and state dict stay as they were
+    (the saved folder format does not change; :func:`densify` undoes it): see :func:`fuse_attention`.
     Raises ``ValueError`` for a model with no sparse layer (nothing would be packed).
     """
     if not isinstance(model, nn.Module):
@@ -378,6 +393,8 @@ def export(model: nn.Module, *, fuse_activations: bool = True, attention: str = 
                     continue
                 lin.activation = act_name
                 setattr(parent, rule.activation, FusedActivation(act, act_name))
+    if fuse_qkv and attention == "sdpa":
+        fuse_attention(model)
     return model
 
 
@@ -394,6 +411,174 @@ def use_sdpa_attention(model: nn.Module) -> bool:
         except (ValueError, ImportError):  # this architecture has no SDPA path: keep its own
             return False
     return getattr(model.config, "_attn_implementation", None) == "sdpa"
+
+
+# ---------------------------------------------------------------------- fused attention
+# Hugging Face self-attention classes whose forward is BERT's (hidden_states, attention_mask,
+# past_key_values, **kwargs) with query / key / value linears and no positional term in the scores.
+_FUSABLE_ATTENTION = (
+    "BertSelfAttention", "RobertaSelfAttention", "XLMRobertaSelfAttention", "CamembertSelfAttention",
+    "ElectraSelfAttention", "ErnieSelfAttention", "MegatronBertSelfAttention",
+)  # fmt: skip
+_FUSED_CLASSES: Dict[type, type] = {}
+
+
+class FusedQKVAttention:
+    """Mixed into a Hugging Face BERT-family self-attention by :func:`fuse_attention`: q, k and v
+    come from one linear (N = 3·hidden: a :class:`SparseLinear` on the three concatenated
+    patterns, or one dense ``F.linear``), and the fused CPU kernel reads them in place and writes
+    ``(B, S, hidden)``. The ``query`` / ``key`` / ``value`` modules stay (state dict, save, load
+    and :func:`densify` see the model as before); the fused copy is rebuilt when one of them
+    changes. Whenever the kernel does not apply, the original forward (SDPA) runs."""
+
+    _spd_base: type
+
+    def _spd_fast_path_ok(self, hidden_states, past_key_values, kwargs) -> bool:
+        if torch.compiler.is_compiling() or past_key_values is not None:
+            return False
+        if getattr(self.config, "_attn_implementation", None) != "sdpa":
+            return False  # another attention was asked for after export (eager, flex, ...)
+        if kwargs.get("output_attentions") or getattr(self.config, "output_attentions", False):
+            return False
+        if kwargs.get("head_mask") is not None or kwargs.get("encoder_hidden_states") is not None:
+            return False
+        if getattr(self, "is_causal", False) or getattr(self, "is_decoder", False):
+            return False
+        if self.training and getattr(self, "dropout", None) is not None and self.dropout.p > 0:
+            return False
+        if not isinstance(hidden_states, Tensor) or hidden_states.dim() != 3:
+            return False
+        if hidden_states.device.type != "cpu" or hidden_states.dtype != torch.float32:
+            return False
+        if self.attention_head_size % 8 or not _attention.available():
+            return False
+        if torch.is_grad_enabled() and (
+            hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            return False  # the kernel has no backward: SDPA under autograd
+        return True
+
+    def _spd_fused_qkv(self) -> Optional[nn.Module]:
+        """The fused QKV linear (None when the three cannot be fused), rebuilt when the query,
+        key or value parameters were replaced or changed in place."""
+        parts = (self.query, self.key, self.value)
+        key = []
+        for lin in parts:
+            for t in (getattr(lin, "values", None), getattr(lin, "weight", None), lin.bias):
+                if isinstance(t, Tensor):
+                    key.append((t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device))
+                else:
+                    key.append(None)
+            key.append(type(lin))
+        key = tuple(key)
+        cached = self.__dict__.get("_spd_qkv")
+        if cached is None or cached[0] != key:
+            cached = (key, _fuse_qkv_linear(*parts))
+            self.__dict__["_spd_qkv"] = cached
+        return cached[1]
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
+        if self._spd_fast_path_ok(hidden_states, past_key_values, kwargs):
+            b, s, _ = hidden_states.shape
+            try:
+                start, end = _attention.key_range(attention_mask, b, s)
+            except (TypeError, ValueError):
+                start = None  # not plain key padding: the module's own attention takes the mask
+            if start is not None:
+                heads, d = self.num_attention_heads, self.attention_head_size
+                fused = self._spd_fused_qkv()
+                if fused is not None:
+                    q, k, v = _attention.split_qkv(fused(hidden_states), heads)
+                else:  # three outputs, read as strided views all the same
+                    q, k, v = (
+                        m(hidden_states).view(b, s, heads, d) for m in (self.query, self.key, self.value)
+                    )
+                out = _attention._ext.c_op(_attention.OP)(q, k, v, start, end, float(self.scaling))
+                return out, None
+        return self._spd_base.forward(self, hidden_states, attention_mask, past_key_values, **kwargs)
+
+
+def _fuse_qkv_linear(q: nn.Module, k: nn.Module, v: nn.Module) -> Optional[nn.Module]:
+    """One linear computing ``cat([q(x), k(x), v(x)], -1)``: a :class:`SparseLinear` on the
+    concatenated patterns (same block, no activation), an ``nn.Linear`` for three plain linears,
+    else None."""
+    parts = (q, k, v)
+    with torch.no_grad():
+        if all(isinstance(m, SparseLinear) and m.activation == "none" for m in parts):
+            if len({(m.block, m.in_features, m.values.dtype, m.values.device) for m in parts}) != 1:
+                return None
+            if len({m.bias is None for m in parts}) != 1:
+                return None
+            offsets, nnz = [parts[0].row_offsets], int(parts[0].values.shape[0])
+            for m in parts[1:]:
+                offsets.append(m.row_offsets[1:] + nnz)
+                nnz += int(m.values.shape[0])
+            weight = SparseMatrix(
+                torch.cat([m.values.detach() for m in parts]),
+                torch.cat(offsets),
+                torch.cat([m.col_indices for m in parts]),
+                (sum(m.out_features for m in parts), parts[0].in_features),
+            )
+            bias = torch.cat([m.bias.detach() for m in parts]) if parts[0].bias is not None else None
+            fused = SparseLinear.from_sparse(weight, bias)
+        elif all(type(m) is nn.Linear for m in parts):
+            if len({(m.in_features, m.weight.dtype, m.weight.device, m.bias is None) for m in parts}) != 1:
+                return None
+            fused = nn.Linear(
+                parts[0].in_features, sum(m.out_features for m in parts), parts[0].bias is not None
+            )
+            fused = fused.to(parts[0].weight.device, parts[0].weight.dtype)
+            fused.weight.copy_(torch.cat([m.weight for m in parts]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([m.bias for m in parts]))
+        else:
+            return None
+    fused.requires_grad_(False)
+    return fused.eval()
+
+
+def _fused_class(base: type) -> type:
+    cls = _FUSED_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"FusedQKV{base.__name__}", (FusedQKVAttention, base), {"_spd_base": base})
+        cls.__module__ = __name__
+        _FUSED_CLASSES[base] = cls
+    return cls
+
+
+def fuse_attention(model: nn.Module) -> int:
+    """Switch every BERT-family self-attention of ``model`` (in place) to one fused QKV linear
+    and the fused CPU attention kernel (:class:`FusedQKVAttention`); returns how many. The module
+    keeps its class as a base (``isinstance`` and Hugging Face's attention-map capture still see
+    it), its children and its state dict. Undone by :func:`unfuse_attention` and :func:`densify`."""
+    n = 0
+    for _, m in model.named_modules():
+        base = type(m)
+        if isinstance(m, FusedQKVAttention):
+            n += 1
+            continue
+        if base.__name__ not in _FUSABLE_ATTENTION or not base.__module__.startswith("transformers."):
+            continue
+        if not all(
+            hasattr(m, a)
+            for a in ("query", "key", "value", "num_attention_heads", "attention_head_size", "scaling")
+        ):
+            continue
+        m.__class__ = _fused_class(base)
+        m._spd_fused_qkv()  # built now: inference does not repack
+        n += 1
+    return n
+
+
+def unfuse_attention(model: nn.Module) -> int:
+    """Undo :func:`fuse_attention`: the attention modules get their original class back."""
+    n = 0
+    for _, m in model.named_modules():
+        if isinstance(m, FusedQKVAttention):
+            m.__dict__.pop("_spd_qkv", None)
+            m.__class__ = m._spd_base
+            n += 1
+    return n
 
 
 def sparse_layers(model: nn.Module) -> Dict[str, nn.Module]:
@@ -427,6 +612,7 @@ __all__ = [
     "densify",
     "export",
     "find_targets",
+    "fuse_attention",
     "model_type_of",
     "set_masks",
     "size_report",
@@ -434,5 +620,6 @@ __all__ = [
     "sparsify",
     "sparsity_config",
     "target_patterns",
+    "unfuse_attention",
     "use_sdpa_attention",
 ]
