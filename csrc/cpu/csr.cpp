@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <cstdlib>
+#include <vector>
 
 #include "kernels.h"
 
@@ -28,10 +30,12 @@ constexpr int MP = 64;                  // sdd: rows of m per packed panel (8 ve
 constexpr int PF = 8;                   // entries ahead whose panel rows are prefetched
 constexpr int SDD_SLICES = 4;           // sdd: fixed slices of the m reduction
 constexpr int64_t L2_PANEL = 320 << 10; // dds_t/dds: largest 64-row panel (bytes) kept
+constexpr int64_t L2_SLAB = 400 << 10;  // dds_t/dds: largest 64-row panel walked in K slabs
 
 thread_local Scratch t_panel;    // per worker: one packed panel
 thread_local Scratch t_xt, t_dt;  // sdd, per worker: packed panels of x and dy
 thread_local Scratch t_acc32;    // sdd, on the calling thread: float32 sums of the m slices
+thread_local Scratch t_gather;   // dds (and block views), on the calling thread: values in line order
 
 // Ap[c * P + i] = a[m0 + i, c0 + c] for c in [c0, c1), i < rows; zero for rows <= i < P.
 template <int P, typename T>
@@ -109,9 +113,9 @@ inline void spmm_row2(__m256* acc_a, __m256* acc_b, const float* Ap, int64_t a0,
 // out[m, n] = epilogue(sum_{e in line n} vals[perm ? perm[e] : e] * a[m, idx[e]]), out (M, ocols).
 // Panels of P = 8V rows of a: V = 8 when the packed panel (acols x P floats) fits in L2, else
 // V = 4 with two output columns interleaved.
-template <int V, typename T, int ACT>
+template <int V, typename T, int ACT, typename TV>
 void spmm_impl(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs,
-               const int32_t* idx, const int32_t* perm, const T* vals, const T* bias, T* y, T* z, int nt) {
+               const int32_t* idx, const int32_t* perm, const TV* vals, const T* bias, T* y, T* z, int nt) {
   constexpr int P = 8 * V;
   const int64_t npan = (M + P - 1) / P;
   // (no streaming stores here: a task writes 32 bytes of each row at a time, half a cache line,
@@ -166,13 +170,104 @@ void spmm_impl(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols,
   }
 }
 
-template <typename T, int ACT>
+// Output columns n0 .. n0 + nn (nn <= 8) of rows m0 .. m0 + rows from tile (8 rows of P floats,
+// row i = column n0 + i over the panel's rows): 8x8 transposes, then the epilogue 8 wide.
+template <int P, int ACT, typename T>
+inline void store_cols(const float* tile, int nn, int64_t m0, int64_t rows, int64_t n0, int64_t ocols, const T* bias,
+                       T* y, T* z) {
+  const T* bn = bias ? bias + n0 : nullptr;
+  for (int ib = 0; ib * 8 < rows; ++ib) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_load_ps(tile + i * P + ib * 8);
+    transpose8(r);  // r[i] = out[m0 + ib*8 + i, n0 .. n0+8)
+    const int mm = int(std::min<int64_t>(8, rows - ib * 8));
+    for (int i = 0; i < mm; ++i) {
+      const int64_t o = (m0 + ib * 8 + i) * ocols + n0;
+      if (nn == 8) {
+        epilogue8<ACT>(r[i], bn, y + o, z ? z + o : nullptr);
+      } else {
+        alignas(32) float buf[8];
+        _mm256_store_ps(buf, r[i]);
+        for (int j = 0; j < nn; ++j) epilogue1<ACT>(buf[j], bn ? bn + j : nullptr, y + o + j, z ? z + o + j : nullptr);
+      }
+    }
+  }
+}
+
+// The panel kernel slabbed by K: the 64-row panel (acols x 64 floats, in L2) is walked KS columns
+// at a time, so the 16 KB slab its entries read sits in L1 (two 32-byte loads a cycle instead of
+// one 64-byte line from L2 every other cycle), for NC output columns whose 64-row partial sums
+// live in a small buffer between slabs. Each line's entries are cut at the slab edges once per
+// call (bnd). The values are read in order (perm folded in by the caller).
+constexpr int KS = 64;   // panel columns per slab (64 x 64 floats = 16 KB)
+constexpr int NC = 128;  // output columns per partial-sum buffer (NC x 64 floats = 32 KB)
+thread_local std::vector<int32_t> t_bnd;  // on the calling thread: slab edges of every line
+thread_local Scratch t_cb;               // per worker: partial sums
+
+template <typename T, int ACT, typename TV>
+void spmm_slab(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs,
+               const int32_t* idx, const TV* vals, const T* bias, T* y, T* z, int nt) {
+  constexpr int V = 8, P = 64;
+  const int64_t ns = (acols + KS - 1) / KS, sb = ns + 1;
+  t_bnd.resize(size_t(ocols * sb));
+  int32_t* bnd = t_bnd.data();
+#pragma omp parallel for schedule(static) num_threads(nt) if (ocols * sb > (1 << 14))
+  for (int64_t n = 0; n < ocols; ++n) {
+    int64_t e = offs[n];
+    const int64_t e1 = offs[n + 1];
+    for (int64_t s = 0; s < ns; ++s) {
+      bnd[n * sb + s] = int32_t(e);
+      while (e < e1 && idx[e] < (s + 1) * KS) ++e;
+    }
+    bnd[n * sb + ns] = int32_t(e1);
+  }
+  const int64_t npan = (M + P - 1) / P;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t pan = 0; pan < npan; ++pan) {
+    const int64_t m0 = pan * P, rows = std::min<int64_t>(P, M - m0);
+    float* Ap = t_panel.get(size_t(acols) * P);
+    pack_panel_t<P>(a, lda, m0, rows, 0, acols, Ap);
+    float* Cb = t_cb.get(size_t(NC) * P);
+    for (int64_t nc0 = 0; nc0 < ocols; nc0 += NC) {
+      const int64_t nc = std::min<int64_t>(NC, ocols - nc0);
+      for (int64_t s = 0; s < ns; ++s) {
+        for (int64_t j = 0; j < nc; ++j) {
+          const int32_t* b = bnd + (nc0 + j) * sb + s;
+          const int64_t e0 = b[0], e1 = b[1];
+          float* c = Cb + j * P;
+          __m256 acc[V];
+          if (s == 0) {
+            for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
+          } else {
+            if (e0 == e1) continue;
+            for (int v = 0; v < V; ++v) acc[v] = _mm256_load_ps(c + 8 * v);
+          }
+          for (int64_t e = e0; e < e1; ++e) {
+            const __m256 w = _mm256_set1_ps(to_f32(vals[e]));
+            const float* ap = Ap + int64_t(idx[e]) * P;
+#pragma GCC unroll 8
+            for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(w, _mm256_load_ps(ap + 8 * v), acc[v]);
+          }
+          for (int v = 0; v < V; ++v) _mm256_store_ps(c + 8 * v, acc[v]);
+        }
+      }
+      for (int64_t j0 = 0; j0 < nc; j0 += 8)
+        store_cols<P, ACT>(Cb + j0 * P, int(std::min<int64_t>(8, nc - j0)), m0, rows, nc0 + j0, ocols, bias, y, z);
+    }
+  }
+}
+
+template <typename T, int ACT, typename TV>
 void spmm(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs, const int32_t* idx,
-          const int32_t* perm, const T* vals, const T* bias, T* y, T* z, int nt) {
-  if (acols * 64 * 4 <= L2_PANEL)
-    spmm_impl<8, T, ACT>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
+          const int32_t* perm, const TV* vals, const T* bias, T* y, T* z, int nt) {
+  static_assert(true);
+  const bool dev_slab = std::getenv("SPD_DEV_NOSLAB") == nullptr;  // DEV: A/B switch
+  if (dev_slab && !perm && acols > KS && acols * 64 * 4 <= L2_SLAB)
+    spmm_slab<T, ACT, TV>(a, lda, M, acols, ocols, offs, idx, vals, bias, y, z, nt);
+  else if (acols * 64 * 4 <= L2_PANEL)
+    spmm_impl<8, T, ACT, TV>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
   else
-    spmm_impl<4, T, ACT>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
+    spmm_impl<4, T, ACT, TV>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
 }
 
 // ---------------------------------------------------------------------------------- sdd
@@ -216,11 +311,46 @@ inline void sdd_row(const float* dt, const float* xt, int64_t e0, int64_t e1, co
   }
 }
 
+// Lane r of the result = the sum of the 8 lanes of a[r] (fixed order).
+inline __m256 reduce8(const __m256 a[8]) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// sdd_row with 8 entries at a time: 8 independent chains over the two halves of the 64 rows (4
+// vectors of dt in registers per half), and the 8 dot products reduced in one hadd tree and
+// added to acc[e .. e+8) as one vector (instead of 8 horizontal sums and scalar updates).
+inline void sdd_row8(const float* dt, const float* xt, int64_t e0, int64_t e1, const int32_t* ci, float* acc,
+                     bool first) {
+  int64_t e = e0;
+  for (; e + 8 <= e1; e += 8) {
+    if (e + 8 + PF < e1)
+      for (int q = 0; q < 8; ++q) prefetch_row<8>(xt + int64_t(ci[e + PF + q]) * MP);
+    const float* p[8];
+    for (int q = 0; q < 8; ++q) p[q] = xt + int64_t(ci[e + q]) * MP;
+    __m256 a[8];
+    for (int q = 0; q < 8; ++q) a[q] = _mm256_setzero_ps();
+    for (int h = 0; h < MP; h += 32) {
+      __m256 d[4];
+      for (int v = 0; v < 4; ++v) d[v] = _mm256_load_ps(dt + h + 8 * v);
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q)
+        for (int v = 0; v < 4; ++v) a[q] = _mm256_fmadd_ps(d[v], _mm256_load_ps(p[q] + h + 8 * v), a[q]);
+    }
+    const __m256 r = reduce8(a);
+    _mm256_storeu_ps(acc + e, first ? r : _mm256_add_ps(_mm256_loadu_ps(acc + e), r));
+  }
+  sdd_row(dt, xt, e, e1, ci, acc, first);
+}
+
+// The sampled product over lines (rows of W): offs (N + 1) / ci walk the stored elements, and
+// element e's result goes to dw[operm ? operm[e] : e] (operm: a block pattern expanded to
+// elements, below).
 template <typename T>
-void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, const Meta& mt, T* dw, int nt) {
-  const int64_t N = mt.nbr, K = mt.nbc, nnz = mt.nnzb;
-  const int32_t* ro = mt.row_offsets;
-  const int32_t* ci = mt.col_indices;
+void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, int64_t N, int64_t K, int64_t nnz,
+              const int32_t* ro, const int32_t* ci, const int32_t* operm, T* dw, int nt) {
   // The m reduction is split into S fixed slices (S depends on M only, not on the threads);
   // each slice is one task that packs its own panels and sums into its own float32 buffer,
   // and the buffers are added in slice order. No barrier inside the reduction, and the same
@@ -229,6 +359,7 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, con
   const int64_t S = std::max<int64_t>(1, std::min<int64_t>(SDD_SLICES, npan));
   float* part = t_acc32.get(size_t(S) * nnz);
   if (M == 0) std::fill(part, part + nnz, 0.0f);
+  const bool dev_sdd8 = std::getenv("SPD_DEV_NOSLAB") == nullptr;  // DEV: A/B switch
 #pragma omp parallel num_threads(nt)
   {
 #pragma omp for schedule(dynamic, 1)
@@ -241,44 +372,136 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, con
         const int64_t m0 = pan * MP, rows = std::min<int64_t>(MP, M - m0);
         pack_panel_t<MP>(x, ldx, m0, rows, 0, K, xt);
         pack_panel_t<MP>(dy, lddy, m0, rows, 0, N, dt);
-        for (int64_t n = 0; n < N; ++n) sdd_row(dt + n * MP, xt, ro[n], ro[n + 1], ci, out, pan == p0);
+        if (dev_sdd8)
+          for (int64_t n = 0; n < N; ++n) sdd_row8(dt + n * MP, xt, ro[n], ro[n + 1], ci, out, pan == p0);
+        else
+          for (int64_t n = 0; n < N; ++n) sdd_row(dt + n * MP, xt, ro[n], ro[n + 1], ci, out, pan == p0);
       }
     }
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < nnz; ++e) {
       float v = part[e];
       for (int64_t s = 1; s < S; ++s) v += part[s * nnz + e];
-      dw[e] = from_f32<T>(v);
+      dw[operm ? operm[e] : e] = from_f32<T>(v);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------- any block
+// A block pattern without a kernel of its own (block sides that are not multiples of 8, e.g.
+// 4x4, 2x1) runs through the CSR kernels on its element view: each stored block becomes bm
+// lines of bk elements (rows of W for dds_t / sdd, columns through the CSC metadata for dds),
+// with the position of every element in the block-ordered values. Built per call on the
+// calling thread: O(nnz), against O(M nnz) for the product.
+struct Lines {
+  std::vector<int32_t> offs, idx, vpos;
+};
+thread_local Lines t_lines;
+
+// Rows of W: line n = nb * bm + i holds, for each stored block e of block row nb in order, the
+// elements j < bk at columns kb * bk + j (ascending).
+inline const Lines& expand_rows(const Meta& mt) {
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t N = mt.n(), nnz = mt.nnzb * bm * bk;
+  Lines& L = t_lines;
+  L.offs.resize(N + 1);
+  L.idx.resize(nnz);
+  L.vpos.resize(nnz);
+  int64_t t = 0;
+  L.offs[0] = 0;
+  for (int64_t nb = 0; nb < mt.nbr; ++nb)
+    for (int i = 0; i < bm; ++i) {
+      for (int64_t e = mt.row_offsets[nb]; e < mt.row_offsets[nb + 1]; ++e)
+        for (int j = 0; j < bk; ++j, ++t) {
+          L.idx[t] = int32_t(int64_t(mt.col_indices[e]) * bk + j);
+          L.vpos[t] = int32_t((e * bm + i) * bk + j);
+        }
+      L.offs[nb * bm + i + 1] = int32_t(t);
+    }
+  return L;
+}
+
+// Columns of W (CSC, rows ascending): line k = kb * bk + j holds, for each stored block of block
+// column kb, the elements i < bm at rows nb * bm + i.
+inline const Lines& expand_cols(const Meta& mt) {
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t K = mt.k(), nnz = mt.nnzb * bm * bk;
+  Lines& L = t_lines;
+  L.offs.resize(K + 1);
+  L.idx.resize(nnz);
+  L.vpos.resize(nnz);
+  int64_t t = 0;
+  L.offs[0] = 0;
+  for (int64_t kb = 0; kb < mt.nbc; ++kb)
+    for (int j = 0; j < bk; ++j) {
+      for (int64_t q = mt.col_offsets[kb]; q < mt.col_offsets[kb + 1]; ++q) {
+        const int64_t e = mt.perm_t[q], nb = mt.row_indices_t[q];
+        for (int i = 0; i < bm; ++i, ++t) {
+          L.idx[t] = int32_t(nb * bm + i);
+          L.vpos[t] = int32_t((e * bm + i) * bk + j);
+        }
+      }
+      L.offs[kb * bk + j + 1] = int32_t(t);
+    }
+  return L;
+}
+
+// vals[pos[t]] as float32 in line order, so the inner loops read the values in sequence instead
+// of through a permutation (one gather per call).
+template <typename T>
+const float* gather_values(const T* vals, const int32_t* pos, int64_t n, int nt) {
+  float* g = t_gather.get(size_t(n));
+#pragma omp parallel for schedule(static) num_threads(nt) if (n > (1 << 16))
+  for (int64_t t = 0; t < n; ++t) g[t] = to_f32(vals[pos[t]]);
+  return g;
+}
+
+template <typename T, typename TV>
+void spmm_act(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs,
+              const int32_t* idx, const TV* vals, const T* bias, int act, T* y, T* z, int nt) {
+  switch (act) {
+    case ACT_RELU: return spmm<T, ACT_RELU>(a, lda, M, acols, ocols, offs, idx, nullptr, vals, bias, y, z, nt);
+    case ACT_GELU: return spmm<T, ACT_GELU>(a, lda, M, acols, ocols, offs, idx, nullptr, vals, bias, y, z, nt);
+    case ACT_GELU_TANH:
+      return spmm<T, ACT_GELU_TANH>(a, lda, M, acols, ocols, offs, idx, nullptr, vals, bias, y, z, nt);
+    default: return spmm<T, ACT_NONE>(a, lda, M, acols, ocols, offs, idx, nullptr, vals, bias, y, z, nt);
   }
 }
 
 }  // namespace
 
+// CSR (block (1, 1)) or, through the element view, any block shape.
 template <typename T>
 void csr_dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& mt, const T* bias, int act, T* y,
                T* z, int nt) {
-  const int64_t N = mt.nbr, K = mt.nbc;
-  const int32_t* ro = mt.row_offsets;
-  const int32_t* ci = mt.col_indices;
-  switch (act) {
-    case ACT_RELU: return spmm<T, ACT_RELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-    case ACT_GELU: return spmm<T, ACT_GELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-    case ACT_GELU_TANH:
-      return spmm<T, ACT_GELU_TANH>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-    default: return spmm<T, ACT_NONE>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-  }
+  if (mt.bm == 1 && mt.bk == 1)
+    return spmm_act(x, ldx, m, mt.nbc, mt.nbr, mt.row_offsets, mt.col_indices, values, bias, act, y, z, nt);
+  const Lines& L = expand_rows(mt);
+  const float* g = gather_values(values, L.vpos.data(), int64_t(L.idx.size()), nt);
+  spmm_act(x, ldx, m, mt.k(), mt.n(), L.offs.data(), L.idx.data(), g, bias, act, y, z, nt);
 }
 
 template <typename T>
 void csr_dds(const T* dy, int64_t lddy, int64_t m, const T* values, const Meta& mt, T* dx, int nt) {
-  spmm<T, ACT_NONE>(dy, lddy, m, mt.nbr, mt.nbc, mt.col_offsets, mt.row_indices_t, mt.perm_t, values,
-                         static_cast<const T*>(nullptr), dx, static_cast<T*>(nullptr), nt);
+  const T* nob = nullptr;
+  T* noz = nullptr;
+  if (mt.bm == 1 && mt.bk == 1) {
+    const float* g = gather_values(values, mt.perm_t, mt.nnzb, nt);
+    return spmm_act(dy, lddy, m, mt.nbr, mt.nbc, mt.col_offsets, mt.row_indices_t, g, nob, ACT_NONE, dx, noz, nt);
+  }
+  const Lines& L = expand_cols(mt);
+  const float* g = gather_values(values, L.vpos.data(), int64_t(L.idx.size()), nt);
+  spmm_act(dy, lddy, m, mt.n(), mt.k(), L.offs.data(), L.idx.data(), g, nob, ACT_NONE, dx, noz, nt);
 }
 
 template <typename T>
 void csr_sdd(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t m, const Meta& mt, T* dw, int nt) {
-  sdd_impl<T>(dy, lddy, x, ldx, m, mt, dw, nt);
+  if (mt.bm == 1 && mt.bk == 1)
+    return sdd_impl<T>(dy, lddy, x, ldx, m, mt.nbr, mt.nbc, mt.nnzb, mt.row_offsets, mt.col_indices, nullptr, dw,
+                       nt);
+  const Lines& L = expand_rows(mt);
+  sdd_impl<T>(dy, lddy, x, ldx, m, mt.n(), mt.k(), int64_t(L.idx.size()), L.offs.data(), L.idx.data(),
+              L.vpos.data(), dw, nt);
 }
 
 #define SPD_INSTANTIATE(T)                                                                                  \

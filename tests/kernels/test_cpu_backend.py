@@ -189,8 +189,8 @@ def test_cpu_backend_is_the_default_on_cpu(block, dtype):
 def test_what_the_cpu_backend_does_not_take():
     cpu = sk.BACKENDS["cpu"]
     dev = torch.device("cpu")
-    assert "block (2, 4) not supported" in " ".join(cpu.call_reasons("dds_t", dev, torch.float32, (2, 4)))
-    assert "block (32, 4) not supported" in " ".join(cpu.call_reasons("dds", dev, torch.float32, (32, 4)))
+    assert "block (2, 64) not supported" in " ".join(cpu.call_reasons("dds_t", dev, torch.float32, (2, 64)))
+    assert "block (40, 36) not supported" in " ".join(cpu.call_reasons("dds", dev, torch.float32, (40, 36)))
     assert "dtype torch.float64 not supported" in " ".join(
         cpu.call_reasons("sdd", dev, torch.float64, (1, 1))
     )
@@ -201,7 +201,7 @@ def test_what_the_cpu_backend_does_not_take():
         cpu.call_reasons("sdd", torch.device("meta"), torch.float32, (1, 1))
     )
     # those fall back to the reference backend
-    assert sk.choose_backend("dds_t", dev, torch.float32, (2, 4)).name == "reference"
+    assert sk.choose_backend("dds_t", dev, torch.float32, (2, 64)).name == "reference"
     assert sk.choose_backend("dds_t", dev, torch.float64, (32, 32)).name == "reference"
 
 
@@ -308,8 +308,8 @@ def test_raw_op_bad_inputs_name_the_value():
         fwd(x, W.values, *meta, None, "swish", False)
     with pytest.raises(ValueError, match=r"bias must have shape \(64,\), got \[63\]"):
         fwd(x, W.values, *meta, torch.randn(63), "none", False)
-    with pytest.raises(ValueError, match=r"block \(2, 4\)"):
-        fwd(x, torch.randn(W.nnz_blocks, 2, 4), *meta, None, "none", False)
+    with pytest.raises(ValueError, match=r"block \(2, 64\)"):
+        fwd(x, torch.randn(W.nnz_blocks, 2, 64), *meta, None, "none", False)
     with pytest.raises(RuntimeError, match=r"values must be 3-D, got shape \[3, 1024\]"):
         fwd(x, W.values.reshape(3, -1), *meta, None, "none", False)
     with pytest.raises(RuntimeError, match=r"row_offsets must have dtype Int, got Long"):
