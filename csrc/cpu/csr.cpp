@@ -6,16 +6,20 @@
 // 256-byte row, accumulating out[m0..m0+64, n] in 8 registers. Eight such output columns
 // are transposed back through a small tile into row-major output, where the bias +
 // activation epilogue runs 8 columns wide.
-//   dds_t: rows n of W (CSR), A = x;  dds: columns k of W via the CSC metadata
-//   (row_indices_t, perm_t into the values: no transposed copy), A = dy.
+//   dds_t: rows n of W (CSR), A = x;  dds: columns k of W via the CSC metadata, A = dy, the
+//   values gathered once per call into CSC order (float32, O(nnz)) so the walk reads them in
+//   sequence rather than through perm_t.
 // sdd (dW[n, k] = sum_m dy[m, n] x[m, k] at the stored entries) packs both x and dy
 // transposed, 64 rows of m at a time, and each entry is a 64-long dot product added to its
-// float32 accumulator in panel order; the m range is cut into a few fixed slices summed last.
+// float32 accumulator in panel order, 8 entries of a row per hadd reduction; the m range is cut
+// into a few fixed slices summed last.
+// Small blocks without a kernel in vblock.cpp also run here: blocks of 1, 2 or 4 lines (4x4,
+// 2x1, 1x8, ...) on a 16-row panel where one loaded panel value feeds the block's lines
+// (spmm_short), anything else on the element view of the pattern (expand_rows / expand_cols).
 #include <omp.h>
 
 #include <algorithm>
 #include <type_traits>
-#include <cstdlib>
 #include <vector>
 
 #include "kernels.h"
@@ -30,7 +34,6 @@ constexpr int MP = 64;                  // sdd: rows of m per packed panel (8 ve
 constexpr int PF = 8;                   // entries ahead whose panel rows are prefetched
 constexpr int SDD_SLICES = 4;           // sdd: fixed slices of the m reduction
 constexpr int64_t L2_PANEL = 320 << 10; // dds_t/dds: largest 64-row panel (bytes) kept
-constexpr int64_t L2_SLAB = 400 << 10;  // dds_t/dds: largest 64-row panel walked in K slabs
 
 thread_local Scratch t_panel;    // per worker: one packed panel
 thread_local Scratch t_xt, t_dt;  // sdd, per worker: packed panels of x and dy
@@ -194,77 +197,10 @@ inline void store_cols(const float* tile, int nn, int64_t m0, int64_t rows, int6
   }
 }
 
-// The panel kernel slabbed by K: the 64-row panel (acols x 64 floats, in L2) is walked KS columns
-// at a time, so the 16 KB slab its entries read sits in L1 (two 32-byte loads a cycle instead of
-// one 64-byte line from L2 every other cycle), for NC output columns whose 64-row partial sums
-// live in a small buffer between slabs. Each line's entries are cut at the slab edges once per
-// call (bnd). The values are read in order (perm folded in by the caller).
-constexpr int KS = 64;   // panel columns per slab (64 x 64 floats = 16 KB)
-constexpr int NC = 128;  // output columns per partial-sum buffer (NC x 64 floats = 32 KB)
-thread_local std::vector<int32_t> t_bnd;  // on the calling thread: slab edges of every line
-thread_local Scratch t_cb;               // per worker: partial sums
-
-template <typename T, int ACT, typename TV>
-void spmm_slab(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs,
-               const int32_t* idx, const TV* vals, const T* bias, T* y, T* z, int nt) {
-  constexpr int V = 8, P = 64;
-  const int64_t ns = (acols + KS - 1) / KS, sb = ns + 1;
-  t_bnd.resize(size_t(ocols * sb));
-  int32_t* bnd = t_bnd.data();
-#pragma omp parallel for schedule(static) num_threads(nt) if (ocols * sb > (1 << 14))
-  for (int64_t n = 0; n < ocols; ++n) {
-    int64_t e = offs[n];
-    const int64_t e1 = offs[n + 1];
-    for (int64_t s = 0; s < ns; ++s) {
-      bnd[n * sb + s] = int32_t(e);
-      while (e < e1 && idx[e] < (s + 1) * KS) ++e;
-    }
-    bnd[n * sb + ns] = int32_t(e1);
-  }
-  const int64_t npan = (M + P - 1) / P;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (int64_t pan = 0; pan < npan; ++pan) {
-    const int64_t m0 = pan * P, rows = std::min<int64_t>(P, M - m0);
-    float* Ap = t_panel.get(size_t(acols) * P);
-    pack_panel_t<P>(a, lda, m0, rows, 0, acols, Ap);
-    float* Cb = t_cb.get(size_t(NC) * P);
-    for (int64_t nc0 = 0; nc0 < ocols; nc0 += NC) {
-      const int64_t nc = std::min<int64_t>(NC, ocols - nc0);
-      for (int64_t s = 0; s < ns; ++s) {
-        for (int64_t j = 0; j < nc; ++j) {
-          const int32_t* b = bnd + (nc0 + j) * sb + s;
-          const int64_t e0 = b[0], e1 = b[1];
-          float* c = Cb + j * P;
-          __m256 acc[V];
-          if (s == 0) {
-            for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
-          } else {
-            if (e0 == e1) continue;
-            for (int v = 0; v < V; ++v) acc[v] = _mm256_load_ps(c + 8 * v);
-          }
-          for (int64_t e = e0; e < e1; ++e) {
-            const __m256 w = _mm256_set1_ps(to_f32(vals[e]));
-            const float* ap = Ap + int64_t(idx[e]) * P;
-#pragma GCC unroll 8
-            for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(w, _mm256_load_ps(ap + 8 * v), acc[v]);
-          }
-          for (int v = 0; v < V; ++v) _mm256_store_ps(c + 8 * v, acc[v]);
-        }
-      }
-      for (int64_t j0 = 0; j0 < nc; j0 += 8)
-        store_cols<P, ACT>(Cb + j0 * P, int(std::min<int64_t>(8, nc - j0)), m0, rows, nc0 + j0, ocols, bias, y, z);
-    }
-  }
-}
-
 template <typename T, int ACT, typename TV>
 void spmm(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs, const int32_t* idx,
           const int32_t* perm, const TV* vals, const T* bias, T* y, T* z, int nt) {
-  static_assert(true);
-  const bool dev_slab = std::getenv("SPD_DEV_NOSLAB") == nullptr;  // DEV: A/B switch
-  if (dev_slab && !perm && acols > KS && acols * 64 * 4 <= L2_SLAB)
-    spmm_slab<T, ACT, TV>(a, lda, M, acols, ocols, offs, idx, vals, bias, y, z, nt);
-  else if (acols * 64 * 4 <= L2_PANEL)
+  if (acols * 64 * 4 <= L2_PANEL)
     spmm_impl<8, T, ACT, TV>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
   else
     spmm_impl<4, T, ACT, TV>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
@@ -359,7 +295,6 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, int
   const int64_t S = std::max<int64_t>(1, std::min<int64_t>(SDD_SLICES, npan));
   float* part = t_acc32.get(size_t(S) * nnz);
   if (M == 0) std::fill(part, part + nnz, 0.0f);
-  const bool dev_sdd8 = std::getenv("SPD_DEV_NOSLAB") == nullptr;  // DEV: A/B switch
 #pragma omp parallel num_threads(nt)
   {
 #pragma omp for schedule(dynamic, 1)
@@ -372,10 +307,7 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, int
         const int64_t m0 = pan * MP, rows = std::min<int64_t>(MP, M - m0);
         pack_panel_t<MP>(x, ldx, m0, rows, 0, K, xt);
         pack_panel_t<MP>(dy, lddy, m0, rows, 0, N, dt);
-        if (dev_sdd8)
-          for (int64_t n = 0; n < N; ++n) sdd_row8(dt + n * MP, xt, ro[n], ro[n + 1], ci, out, pan == p0);
-        else
-          for (int64_t n = 0; n < N; ++n) sdd_row(dt + n * MP, xt, ro[n], ro[n + 1], ci, out, pan == p0);
+        for (int64_t n = 0; n < N; ++n) sdd_row8(dt + n * MP, xt, ro[n], ro[n + 1], ci, out, pan == p0);
       }
     }
 #pragma omp for schedule(static)
@@ -468,6 +400,93 @@ void spmm_act(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, 
   }
 }
 
+// ---------------------------------------------------------------------------------- short blocks
+// Blocks of BM = 1, 2 or 4 lines (4x4, 2x1, 1x8, ...): a 16-row panel of the dense operand packed
+// transposed (64 bytes a column: K = 384 is 24 KB, in L1), and for each stored block and each of
+// its bk columns, one 2-vector load of the panel feeds the BM lines' 2 accumulators each (a loaded
+// input value serves BM outputs, against 1 for CSR). 8 / BM block lines fill an 8-column tile that
+// is transposed back through the CSR epilogue. w[(e * BM + i) * bk + j]: the block's (i, j) weight.
+template <int BM, typename T, int ACT, typename TV>
+void spmm_short(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t nlines, int bk, const int32_t* offs,
+                const int32_t* idx, const TV* w, const T* bias, T* y, T* z, int nt) {
+  constexpr int P = 16, G = 8 / BM;
+  const int64_t ocols = nlines * BM;
+  const int64_t npan = (M + P - 1) / P;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t pan = 0; pan < npan; ++pan) {
+    const int64_t m0 = pan * P, rows = std::min<int64_t>(P, M - m0);
+    float* Ap = t_panel.get(size_t(acols) * P);
+    pack_panel_t<P>(a, lda, m0, rows, 0, acols, Ap);
+    alignas(32) float tile[8][P];
+    for (int64_t nb0 = 0; nb0 < nlines; nb0 += G) {
+      for (int g = 0; g < G; ++g) {
+        const int64_t nb = nb0 + g;
+        __m256 acc[BM][2];
+        for (int i = 0; i < BM; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        if (nb < nlines) {
+          for (int64_t e = offs[nb]; e < offs[nb + 1]; ++e) {
+            const float* ap = Ap + int64_t(idx[e]) * bk * P;
+            const TV* we = w + e * BM * bk;
+            for (int j = 0; j < bk; ++j) {
+              const __m256 a0 = _mm256_load_ps(ap + j * P), a1 = _mm256_load_ps(ap + j * P + 8);
+#pragma GCC unroll 4
+              for (int i = 0; i < BM; ++i) {
+                const __m256 wb = _mm256_set1_ps(to_f32(we[i * bk + j]));
+                acc[i][0] = _mm256_fmadd_ps(wb, a0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(wb, a1, acc[i][1]);
+              }
+            }
+          }
+        }
+        for (int i = 0; i < BM; ++i) {
+          _mm256_store_ps(tile[g * BM + i], acc[i][0]);
+          _mm256_store_ps(tile[g * BM + i] + 8, acc[i][1]);
+        }
+      }
+      store_cols<P, ACT>(tile[0], int(std::min<int64_t>(8, ocols - nb0 * BM)), m0, rows, nb0 * BM, ocols, bias, y,
+                         z);
+    }
+  }
+}
+
+template <int BM, typename T, typename TV>
+void spmm_short_act(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t nlines, int bk, const int32_t* offs,
+                    const int32_t* idx, const TV* w, const T* bias, int act, T* y, T* z, int nt) {
+  switch (act) {
+    case ACT_RELU: return spmm_short<BM, T, ACT_RELU>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, y, z, nt);
+    case ACT_GELU: return spmm_short<BM, T, ACT_GELU>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, y, z, nt);
+    case ACT_GELU_TANH:
+      return spmm_short<BM, T, ACT_GELU_TANH>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, y, z, nt);
+    default: return spmm_short<BM, T, ACT_NONE>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, y, z, nt);
+  }
+}
+
+// Whether spmm_short takes blocks of bm lines of bk (both sides at most 32, not CSR).
+inline bool short_block(int bm, int bk) { return (bm == 1 || bm == 2 || bm == 4) && bk <= 32 && bm * bk > 1; }
+
+template <typename T, typename TV>
+void spmm_short_any(int bm, const T* a, int64_t lda, int64_t M, int64_t acols, int64_t nlines, int bk,
+                    const int32_t* offs, const int32_t* idx, const TV* w, const T* bias, int act, T* y, T* z, int nt) {
+  if (bm == 1) return spmm_short_act<1>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, act, y, z, nt);
+  if (bm == 2) return spmm_short_act<2>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, act, y, z, nt);
+  spmm_short_act<4>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, act, y, z, nt);
+}
+
+// The blocks in CSC order, each transposed (bk lines of bm): the input grad as a forward of Wᵀ.
+template <typename T>
+const float* gather_blocks_t(const T* vals, const Meta& mt, int nt) {
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t bs = int64_t(bm) * bk;
+  float* g = t_gather.get(size_t(mt.nnzb * bs));
+#pragma omp parallel for schedule(static) num_threads(nt) if (mt.nnzb * bs > (1 << 16))
+  for (int64_t q = 0; q < mt.nnzb; ++q) {
+    const T* src = vals + int64_t(mt.perm_t[q]) * bs;
+    for (int j = 0; j < bk; ++j)
+      for (int i = 0; i < bm; ++i) g[q * bs + j * bm + i] = to_f32(src[i * bk + j]);
+  }
+  return g;
+}
+
 }  // namespace
 
 // CSR (block (1, 1)) or, through the element view, any block shape.
@@ -476,6 +495,9 @@ void csr_dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& 
                T* z, int nt) {
   if (mt.bm == 1 && mt.bk == 1)
     return spmm_act(x, ldx, m, mt.nbc, mt.nbr, mt.row_offsets, mt.col_indices, values, bias, act, y, z, nt);
+  if (short_block(mt.bm, mt.bk))
+    return spmm_short_any(mt.bm, x, ldx, m, mt.k(), mt.nbr, mt.bk, mt.row_offsets, mt.col_indices, values, bias, act,
+                          y, z, nt);
   const Lines& L = expand_rows(mt);
   const float* g = gather_values(values, L.vpos.data(), int64_t(L.idx.size()), nt);
   spmm_act(x, ldx, m, mt.k(), mt.n(), L.offs.data(), L.idx.data(), g, bias, act, y, z, nt);
@@ -488,6 +510,11 @@ void csr_dds(const T* dy, int64_t lddy, int64_t m, const T* values, const Meta& 
   if (mt.bm == 1 && mt.bk == 1) {
     const float* g = gather_values(values, mt.perm_t, mt.nnzb, nt);
     return spmm_act(dy, lddy, m, mt.nbr, mt.nbc, mt.col_offsets, mt.row_indices_t, g, nob, ACT_NONE, dx, noz, nt);
+  }
+  if (short_block(mt.bk, mt.bm)) {
+    const float* g = gather_blocks_t(values, mt, nt);
+    return spmm_short_any(mt.bk, dy, lddy, m, mt.n(), mt.nbc, mt.bm, mt.col_offsets, mt.row_indices_t, g, nob,
+                          ACT_NONE, dx, noz, nt);
   }
   const Lines& L = expand_cols(mt);
   const float* g = gather_values(values, L.vpos.data(), int64_t(L.idx.size()), nt);

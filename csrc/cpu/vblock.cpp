@@ -2,9 +2,10 @@
 // features share one input column, so one loaded input value feeds bm outputs and the bm weights
 // of a block are one or two contiguous vectors. Other small blocks (4x4, 2x1, 8x2, ...) take the
 // CSR kernels on their element view (csr.cpp).
-//   dds_t: a 6x16 (or 12x8) register tile of y[m0.., nb*bm + c..] per block row: for each stored
-//          block, x[m, k] broadcast for the tile's rows, the block's weights loaded as vectors.
-//          No packing and no transpose: x is read in place, y is written row-major.
+//   dds_t: 12 rows of x packed transposed (16 floats a column: a block's 12 broadcasts read one
+//          cache line), then for every block row a 6x16 (or 12x8) register tile of y: for each
+//          stored block, x[m, k] broadcast for the tile's rows, the block's weights loaded as
+//          vectors. y is written row-major (no transpose).
 //   dds:   dx[m, k] = sum over the blocks of column k of dot(dy[m, nb*bm .. +bm), w_block): an 8x8
 //          tile of dx (8 rows, 8 columns), 8 vector accumulators per column reduced lane-wise
 //          (hadd tree) and the 8 columns transposed into rows.
@@ -27,10 +28,11 @@ namespace {
 
 constexpr int MP = 64;           // sdd: rows of m per packed panel
 constexpr int SDD_SLICES = 4;    // sdd: fixed slices of the m reduction
-constexpr int64_t X_PANEL = 256 << 10;  // dds_t: bytes of x kept per row panel (half the L2)
+constexpr int XP = 16;           // dds_t: a 12-row tile of x packed transposed, 16 floats a column
 
 thread_local Scratch t_xt, t_dt;  // sdd, per worker: packed panels of x and dy
 thread_local Scratch t_part;      // sdd, on the calling thread: float32 sums of the m slices
+thread_local Scratch t_wt;        // dds, on the calling thread: the weights in CSC order
 
 // Ap[c * P + i] = a[m0 + i, c] for c < cols, i < rows; zero for rows <= i < P.
 template <int P, typename T>
@@ -61,21 +63,23 @@ inline __m256 reduce8(const __m256 a[8]) {
 
 // ---------------------------------------------------------------------------------- dds_t
 // acc[r][c] = sum over the blocks e of one block row of x[r, ci[e]] * w_e[8c .. 8c+8), r < R
-// (r < rows when TAIL); w points at the first weight of the tile's columns in block 0.
+// (r < rows when TAIL); xt: the tile's rows packed transposed (xt[k * 16 + r] = x[r, k]), so the
+// R broadcasts of a block read one cache line at constant offsets; w points at the first weight
+// of the tile's columns in block 0.
 template <int R, int C, bool TAIL, typename T>
-inline void fwd_tile(__m256 (&acc)[R][C], const T* x, int64_t ldx, int rows, const T* w, int bm, int64_t e0,
-                     int64_t e1, const int32_t* ci) {
+inline void fwd_tile(__m256 (&acc)[R][C], const float* xt, int rows, const T* w, int bm, int64_t e0, int64_t e1,
+                     const int32_t* ci) {
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   for (int64_t e = e0; e < e1; ++e) {
-    const int64_t k = ci[e];
+    const float* xk = xt + int64_t(ci[e]) * XP;
     const T* we = w + e * bm;
     __m256 wv[C];
     for (int c = 0; c < C; ++c) wv[c] = ld8(we + 8 * c);
 #pragma GCC unroll 12
     for (int r = 0; r < R; ++r) {
       if (TAIL && r >= rows) break;
-      const __m256 xb = bc8(x + r * ldx + k);
+      const __m256 xb = _mm256_broadcast_ss(xk + r);
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(xb, wv[c], acc[r][c]);
     }
   }
@@ -98,22 +102,41 @@ inline void fwd_store(__m256 (&acc)[R][C], int rows, const T* bias, T* y, T* z, 
   if constexpr (second) act_rows<ACT>(reinterpret_cast<float*>(y), ldy, TAIL ? rows : R, C);
 }
 
-// Output columns [c0, c0 + 8C) of block row nb over the rows [m0, m1) of the panel.
-template <int R, int C, int ACT, typename T>
-inline void fwd_strip(const T* x, int64_t ldx, int64_t m0, int64_t m1, const T* values, int bm, int64_t e0,
-                      int64_t e1, const int32_t* ci, int64_t col, const T* bias, T* y, T* z, int64_t N) {
+// One R-row tile (rows < R when TAIL) of output columns [col, col + 8C) of a block row.
+template <int R, int C, bool TAIL, int ACT, typename T>
+inline void fwd_one(const float* xt, int rows, const T* values, int bm, int64_t e0, int64_t e1, const int32_t* ci,
+                    int64_t col, const T* bias, T* y, T* z, int64_t N) {
   __m256 acc[R][C];
-  const T* w = values + (col % bm);
-  const T* b = bias ? bias + col : nullptr;
-  int64_t m = m0;
-  for (; m + R <= m1; m += R) {
-    fwd_tile<R, C, false>(acc, x + m * ldx, ldx, R, w, bm, e0, e1, ci);
-    fwd_store<R, C, false, ACT>(acc, R, b, y + m * N + col, z ? z + m * N + col : nullptr, N);
-  }
-  if (m < m1) {
-    const int rows = int(m1 - m);
-    fwd_tile<R, C, true>(acc, x + m * ldx, ldx, rows, w, bm, e0, e1, ci);
-    fwd_store<R, C, true, ACT>(acc, rows, b, y + m * N + col, z ? z + m * N + col : nullptr, N);
+  fwd_tile<R, C, TAIL>(acc, xt, rows, values + (col % bm), bm, e0, e1, ci);
+  fwd_store<R, C, TAIL, ACT>(acc, rows, bias ? bias + col : nullptr, y + col, z ? z + col : nullptr, N);
+}
+
+// Rows [m, m + rows) (rows <= 12) of every output column of block rows [nb0, nb1): the 12 rows of x
+// stay in L1 while the block rows' weights stream through (16 columns as two 6-row tiles, 8 as
+// one 12-row tile).
+template <bool TAIL, int ACT, typename T>
+inline void fwd_rows(const T* x, int64_t ldx, int64_t K, int64_t m, int rows, const T* values, int bm, int64_t nb0,
+                     int64_t nb1, const int32_t* ro, const int32_t* ci, const T* bias, T* y, T* z, int64_t N) {
+  float* xt = t_xt.get(size_t(K) * XP);
+  pack_panel_t<XP>(x, ldx, m, rows, K, xt);
+  T* ym = y + m * N;
+  T* zm = z ? z + m * N : nullptr;
+  for (int64_t nb = nb0; nb < nb1; ++nb) {
+    const int64_t e0 = ro[nb], e1 = ro[nb + 1];
+    int c = 0;
+    for (; c + 16 <= bm; c += 16) {
+      const int64_t col = nb * bm + c;
+      if (!TAIL) {
+        fwd_one<6, 2, false, ACT>(xt, 6, values, bm, e0, e1, ci, col, bias, ym, zm, N);
+        fwd_one<6, 2, false, ACT>(xt + 6, 6, values, bm, e0, e1, ci, col, bias, ym + 6 * N, zm ? zm + 6 * N : nullptr,
+                                  N);
+      } else {
+        for (int r = 0; r < rows; r += 6)
+          fwd_one<6, 2, true, ACT>(xt + r, std::min(6, rows - r), values, bm, e0, e1, ci, col, bias, ym + r * N,
+                                   zm ? zm + r * N : nullptr, N);
+      }
+    }
+    if (c < bm) fwd_one<12, 1, TAIL, ACT>(xt, rows, values, bm, e0, e1, ci, nb * bm + c, bias, ym, zm, N);
   }
 }
 
@@ -121,27 +144,23 @@ template <typename T, int ACT>
 void vec_dds_t(const T* x, int64_t ldx, int64_t M, const T* values, const Meta& mt, const T* bias, T* y, T* z,
                int nt) {
   const int bm = mt.bm;
-  const int64_t K = mt.k(), N = mt.n(), nbr = mt.nbr;
-  // Row panels of x that fit half the L2 (a multiple of 12 rows, 12..96), each task one panel
-  // and a group of block rows: the panel is read from L2 by every block row of the group.
-  int64_t MR = X_PANEL / std::max<int64_t>(1, K * int64_t(sizeof(T)));
-  MR = std::max<int64_t>(12, std::min<int64_t>(96, MR / 12 * 12));
+  const int64_t N = mt.n(), K = mt.k(), nbr = mt.nbr;
+  // A task is MR rows (a multiple of 12) and a group of block rows; enough tasks for the threads.
+  constexpr int64_t MR = 48;
   const int64_t npan = (M + MR - 1) / MR;
-  const int64_t want = std::max<int64_t>(1, (4 * int64_t(nt) + npan - 1) / npan);  // groups per panel
-  const int64_t ngr = std::min<int64_t>(nbr, want);
+  const int64_t ngr = std::min<int64_t>(nbr, std::max<int64_t>(1, (4 * int64_t(nt) + npan - 1) / npan));
   const int32_t* ro = mt.row_offsets;
   const int32_t* ci = mt.col_indices;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t t = 0; t < npan * ngr; ++t) {
     const int64_t pan = t / ngr, g = t % ngr;
-    const int64_t m0 = pan * MR, m1 = std::min(M, m0 + MR);
+    const int64_t m1 = std::min(M, pan * MR + MR);
     const int64_t nb0 = g * nbr / ngr, nb1 = (g + 1) * nbr / ngr;
-    for (int64_t nb = nb0; nb < nb1; ++nb) {
-      const int64_t e0 = ro[nb], e1 = ro[nb + 1];
-      int c = 0;
-      for (; c + 16 <= bm; c += 16)
-        fwd_strip<6, 2, ACT>(x, ldx, m0, m1, values, bm, e0, e1, ci, nb * bm + c, bias, y, z, N);
-      if (c < bm) fwd_strip<12, 1, ACT>(x, ldx, m0, m1, values, bm, e0, e1, ci, nb * bm + c, bias, y, z, N);
+    for (int64_t m = pan * MR; m < m1; m += 12) {
+      if (m + 12 <= m1)
+        fwd_rows<false, ACT>(x, ldx, K, m, 12, values, bm, nb0, nb1, ro, ci, bias, y, z, N);
+      else
+        fwd_rows<true, ACT>(x, ldx, K, m, int(m1 - m), values, bm, nb0, nb1, ro, ci, bias, y, z, N);
     }
   }
 }
@@ -150,7 +169,7 @@ void vec_dds_t(const T* x, int64_t ldx, int64_t M, const T* values, const Meta& 
 // dx[m0 + r, k0 + j] for r < rows, j < cols: column k of W holds the blocks perm_t[q] (block row
 // row_indices_t[q]) for q in [col_offsets[k], col_offsets[k + 1]).
 template <bool TAIL, typename T>
-inline void bwd_tile(const T* dy, int64_t lddy, int rows, int64_t k0, int cols, const T* values, int bm,
+inline void bwd_tile(const T* dy, int64_t lddy, int rows, int64_t k0, int cols, const float* wt, int bm,
                      const Meta& mt, T* dx, int64_t ldx) {
   __m256 s[8];
   for (int j = 0; j < 8; ++j) {
@@ -162,7 +181,7 @@ inline void bwd_tile(const T* dy, int64_t lddy, int rows, int64_t k0, int cols, 
     for (int r = 0; r < 8; ++r) acc[r] = _mm256_setzero_ps();
     const int64_t q0 = mt.col_offsets[k0 + j], q1 = mt.col_offsets[k0 + j + 1];
     for (int64_t q = q0; q < q1; ++q) {
-      const T* w = values + int64_t(mt.perm_t[q]) * bm;
+      const float* w = wt + q * bm;
       const T* d = dy + int64_t(mt.row_indices_t[q]) * bm;
       for (int c = 0; c < bm; c += 8) {
         const __m256 wv = ld8(w + c);
@@ -193,6 +212,11 @@ void vec_dds(const T* dy, int64_t lddy, int64_t M, const T* values, const Meta& 
   const int64_t K = mt.k();
   constexpr int64_t RT = 64;  // rows per task (8 tiles of 8); columns in groups of 64
   const int64_t nrt = (M + RT - 1) / RT, nct = (K + 63) / 64;
+  // the weights in CSC order, float32: read in sequence by the column walk (one gather per call)
+  float* wt = t_wt.get(size_t(mt.nnzb) * bm);
+#pragma omp parallel for schedule(static) num_threads(nt) if (mt.nnzb * bm > (1 << 16))
+  for (int64_t q = 0; q < mt.nnzb; ++q)
+    for (int i = 0; i < bm; ++i) wt[q * bm + i] = to_f32(values[int64_t(mt.perm_t[q]) * bm + i]);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t t = 0; t < nrt * nct; ++t) {
     const int64_t mr = t / nct, kc = t % nct;
@@ -202,9 +226,9 @@ void vec_dds(const T* dy, int64_t lddy, int64_t M, const T* values, const Meta& 
       for (int64_t k0 = kc * 64; k0 < k1; k0 += 8) {
         const int cols = int(std::min<int64_t>(8, k1 - k0));
         if (rows == 8)
-          bwd_tile<false>(dy + m0 * lddy, lddy, 8, k0, cols, values, bm, mt, dx + m0 * K, K);
+          bwd_tile<false>(dy + m0 * lddy, lddy, 8, k0, cols, wt, bm, mt, dx + m0 * K, K);
         else
-          bwd_tile<true>(dy + m0 * lddy, lddy, rows, k0, cols, values, bm, mt, dx + m0 * K, K);
+          bwd_tile<true>(dy + m0 * lddy, lddy, rows, k0, cols, wt, bm, mt, dx + m0 * K, K);
       }
     }
   }

@@ -381,7 +381,7 @@ def test_benchmark_quick_writes_the_csv_schema(tmp_path):
     assert list(rows[0]) == list(CSV_COLUMNS) + list(bench.EXTRA)
     ours = [r for r in rows if r["impl"] == "spd_kernels"]
     assert {r["backend"] for r in ours} == {"cpu"}
-    assert {r["layout"] for r in ours} == {"csr", "bsr16", "bsr32", "bsr64"}
+    assert {r["layout"] for r in ours} == set(bench.LAYOUTS)  # every layout of the default grid
     assert {r["op"] for r in ours} == {"forward", "input_grad", "weight_grad"}
     assert {r["impl"] for r in rows} >= {"spd_kernels", "dense_eager", "torch_sparse"}
     assert all(r["status"] == "ok" for r in ours)
@@ -413,7 +413,7 @@ def test_benchmark_minilm_preset():
     finally:
         sys.path.pop(0)
     args = bench.parse_args(["--preset", "minilm"])
-    assert args.layouts == ["csr", "bsr32", "bsr16"]
+    assert args.layouts == list(bench.PRESET_LAYOUTS) and {"csr", "bsr8x1", "bsr4", "bsr32"} <= set(args.layouts)
     assert sorted({(s.M, s.N, s.K) for s in args.shapes}) == [
         (m, n, k) for m in (128, 4096) for n, k in ((384, 384), (384, 1536), (1536, 384))
     ]
