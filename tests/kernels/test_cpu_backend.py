@@ -413,7 +413,8 @@ def test_benchmark_minilm_preset():
     finally:
         sys.path.pop(0)
     args = bench.parse_args(["--preset", "minilm"])
-    assert args.layouts == list(bench.PRESET_LAYOUTS) and {"csr", "bsr8x1", "bsr4", "bsr32"} <= set(args.layouts)
+    assert args.layouts == list(bench.PRESET_LAYOUTS)
+    assert {"csr", "bsr8x1", "bsr4", "bsr32"} <= set(args.layouts)
     assert sorted({(s.M, s.N, s.K) for s in args.shapes}) == [
         (m, n, k) for m in (128, 4096) for n, k in ((384, 384), (384, 1536), (1536, 384))
     ]
