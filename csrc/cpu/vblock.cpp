@@ -6,9 +6,10 @@
 //          cache line), then for every block row a 6x16 (or 12x8) register tile of y: for each
 //          stored block, x[m, k] broadcast for the tile's rows, the block's weights loaded as
 //          vectors. y is written row-major (no transpose).
-//   dds:   dx[m, k] = sum over the blocks of column k of dot(dy[m, nb*bm .. +bm), w_block): an 8x8
-//          tile of dx (8 rows, 8 columns), 8 vector accumulators per column reduced lane-wise
-//          (hadd tree) and the 8 columns transposed into rows.
+//   dds:   dx[m, k] = sum over the blocks of column k of dot(dy[m, nb*bm .. +bm), w_block): 8 rows
+//          of dy repacked in 8-column chunks (one base address per chunk), an 8x8 tile of dx,
+//          8 vector accumulators per column reduced lane-wise (hadd tree) and the 8 columns
+//          transposed into rows; the weights gathered once per call into CSC order.
 //   sdd:   x and dy packed transposed 64 rows of m at a time (as the CSR sdd); a block's 64-long
 //          column of x sits in 8 registers and is dotted with the bm rows of dy of its block row
 //          (in L1 while that row's blocks run), eight dot products reduced in one hadd tree.
@@ -69,8 +70,11 @@ inline __m256 reduce8(const __m256 a[8]) {
 template <int R, int C, bool TAIL, typename T>
 inline void fwd_tile(__m256 (&acc)[R][C], const float* xt, int rows, const T* w, int bm, int64_t e0, int64_t e1,
                      const int32_t* ci) {
+  // local accumulators, copied out once: with acc itself in the loop GCC kept it in memory and
+  // stored every accumulator after each FMA (one store per FMA bounds the loop)
+  __m256 a[R][C];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+    for (int c = 0; c < C; ++c) a[r][c] = _mm256_setzero_ps();
   for (int64_t e = e0; e < e1; ++e) {
     const float* xk = xt + int64_t(ci[e]) * XP;
     const T* we = w + e * bm;
@@ -78,11 +82,15 @@ inline void fwd_tile(__m256 (&acc)[R][C], const float* xt, int rows, const T* w,
     for (int c = 0; c < C; ++c) wv[c] = ld8(we + 8 * c);
 #pragma GCC unroll 12
     for (int r = 0; r < R; ++r) {
-      if (TAIL && r >= rows) break;
-      const __m256 xb = _mm256_broadcast_ss(xk + r);
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(xb, wv[c], acc[r][c]);
+      if (!TAIL || r < rows) {
+        const __m256 xb = _mm256_broadcast_ss(xk + r);
+#pragma GCC unroll 2
+        for (int c = 0; c < C; ++c) a[r][c] = _mm256_fmadd_ps(xb, wv[c], a[r][c]);
+      }
     }
   }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = a[r][c];
 }
 
 template <int R, int C, bool TAIL, int ACT, typename T>
@@ -166,11 +174,12 @@ void vec_dds_t(const T* x, int64_t ldx, int64_t M, const T* values, const Meta& 
 }
 
 // ---------------------------------------------------------------------------------- dds
-// dx[m0 + r, k0 + j] for r < rows, j < cols: column k of W holds the blocks perm_t[q] (block row
-// row_indices_t[q]) for q in [col_offsets[k], col_offsets[k + 1]).
-template <bool TAIL, typename T>
-inline void bwd_tile(const T* dy, int64_t lddy, int rows, int64_t k0, int cols, const float* wt, int bm,
-                     const Meta& mt, T* dx, int64_t ldx) {
+// dx[m0 + r, k0 + j] for r < rows, j < cols: column k of W holds the blocks of CSC entries
+// q in [col_offsets[k], col_offsets[k + 1]) (block row row_indices_t[q], weights wt[q * bm ..]).
+// dp: the 8 rows of dy in 8-column chunks, dp[(n / 8) * 64 + r * 8 + n % 8] = dy[m0 + r, n], so
+// the 8 rows of one chunk are one base address and constant offsets (zero rows past the tail).
+inline void bwd_tile(const float* dp, int rows, int64_t k0, int cols, const float* wt, int bm, const Meta& mt,
+                     float (&out)[8][8]) {
   __m256 s[8];
   for (int j = 0; j < 8; ++j) {
     if (j >= cols) {
@@ -182,34 +191,24 @@ inline void bwd_tile(const T* dy, int64_t lddy, int rows, int64_t k0, int cols, 
     const int64_t q0 = mt.col_offsets[k0 + j], q1 = mt.col_offsets[k0 + j + 1];
     for (int64_t q = q0; q < q1; ++q) {
       const float* w = wt + q * bm;
-      const T* d = dy + int64_t(mt.row_indices_t[q]) * bm;
+      const float* d = dp + int64_t(mt.row_indices_t[q]) * bm * 8;
       for (int c = 0; c < bm; c += 8) {
-        const __m256 wv = ld8(w + c);
+        const __m256 wv = _mm256_loadu_ps(w + c);
 #pragma GCC unroll 8
-        for (int r = 0; r < 8; ++r) {
-          if (TAIL && r >= rows) break;
-          acc[r] = _mm256_fmadd_ps(ld8(d + r * lddy + c), wv, acc[r]);
-        }
+        for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(_mm256_load_ps(d + c * 8 + r * 8), wv, acc[r]);
       }
     }
     s[j] = reduce8(acc);  // lane r: dx[m0 + r, k0 + j]
   }
   transpose8(s);  // s[r] = dx[m0 + r, k0 .. k0 + 8)
-  for (int r = 0; r < rows; ++r) {
-    if (cols == 8) {
-      st8(dx + r * ldx + k0, s[r]);
-    } else {
-      alignas(32) float buf[8];
-      _mm256_store_ps(buf, s[r]);
-      for (int j = 0; j < cols; ++j) dx[r * ldx + k0 + j] = from_f32<T>(buf[j]);
-    }
-  }
+  for (int r = 0; r < 8; ++r) _mm256_store_ps(out[r], s[r]);
+  (void)rows;
 }
 
 template <typename T>
 void vec_dds(const T* dy, int64_t lddy, int64_t M, const T* values, const Meta& mt, T* dx, int nt) {
   const int bm = mt.bm;
-  const int64_t K = mt.k();
+  const int64_t K = mt.k(), N = mt.n();
   constexpr int64_t RT = 64;  // rows per task (8 tiles of 8); columns in groups of 64
   const int64_t nrt = (M + RT - 1) / RT, nct = (K + 63) / 64;
   // the weights in CSC order, float32: read in sequence by the column walk (one gather per call)
@@ -221,14 +220,24 @@ void vec_dds(const T* dy, int64_t lddy, int64_t M, const T* values, const Meta& 
   for (int64_t t = 0; t < nrt * nct; ++t) {
     const int64_t mr = t / nct, kc = t % nct;
     const int64_t k1 = std::min(K, kc * 64 + 64);
+    float* dp = t_dt.get(size_t(N) * 8);
     for (int64_t m0 = mr * RT; m0 < std::min(M, mr * RT + RT); m0 += 8) {
       const int rows = int(std::min<int64_t>(8, M - m0));
+      for (int64_t n = 0; n < N; n += 8)
+        for (int r = 0; r < 8; ++r)
+          _mm256_store_ps(dp + n * 8 + r * 8, r < rows ? ld8(dy + (m0 + r) * lddy + n) : _mm256_setzero_ps());
       for (int64_t k0 = kc * 64; k0 < k1; k0 += 8) {
         const int cols = int(std::min<int64_t>(8, k1 - k0));
-        if (rows == 8)
-          bwd_tile<false>(dy + m0 * lddy, lddy, 8, k0, cols, wt, bm, mt, dx + m0 * K, K);
-        else
-          bwd_tile<true>(dy + m0 * lddy, lddy, rows, k0, cols, wt, bm, mt, dx + m0 * K, K);
+        alignas(32) float out[8][8];
+        bwd_tile(dp, rows, k0, cols, wt, bm, mt, out);
+        for (int r = 0; r < rows; ++r) {
+          T* o = dx + (m0 + r) * K + k0;
+          if (cols == 8) {
+            st8(o, _mm256_load_ps(out[r]));
+          } else {
+            for (int j = 0; j < cols; ++j) o[j] = from_f32<T>(out[r][j]);
+          }
+        }
       }
     }
   }
