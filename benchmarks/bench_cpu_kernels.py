@@ -58,8 +58,8 @@ from spd_kernels.profiling import (  # noqa: E402
 
 SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N): in_features -> out_features (BERT-base)
 SPARSITIES = (0.5, 0.7, 0.9, 0.95, 0.99)
-LAYOUTS = ("csr", "bsr16", "bsr32", "bsr64")
-PRESET_LAYOUTS = ("csr", "bsr32", "bsr16")
+LAYOUTS = ("csr", "bsr8x1", "bsr16x1", "bsr4", "bsr16", "bsr32", "bsr64")
+PRESET_LAYOUTS = ("csr", "bsr8x1", "bsr16x1", "bsr4", "bsr32", "bsr16")
 PRESET_MS = (128, 4096)
 OPS = ("forward", "input_grad", "weight_grad")
 EXTRA = ("speedup_vs_torch_sparse", "gflops")

@@ -31,7 +31,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "spd_kernels" / "nn" / "_crossover_table.py"
-LAYOUTS = {"csr": (1, 1), "bsr16": (16, 16), "bsr32": (32, 32), "bsr64": (64, 64)}
+LAYOUTS = {
+    "csr": (1, 1),
+    "bsr8x1": (8, 1),
+    "bsr16x1": (16, 1),
+    "bsr4": (4, 4),
+    "bsr16": (16, 16),
+    "bsr32": (32, 32),
+    "bsr64": (64, 64),
+}
 SHAPES = [(384, 384), (1536, 384), (384, 1536)]  # (N, K): attention, FFN in, FFN out
 DENSITIES = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 

@@ -6,15 +6,21 @@
 // 256-byte row, accumulating out[m0..m0+64, n] in 8 registers. Eight such output columns
 // are transposed back through a small tile into row-major output, where the bias +
 // activation epilogue runs 8 columns wide.
-//   dds_t: rows n of W (CSR), A = x;  dds: columns k of W via the CSC metadata
-//   (row_indices_t, perm_t into the values: no transposed copy), A = dy.
+//   dds_t: rows n of W (CSR), A = x;  dds: columns k of W via the CSC metadata, A = dy, the
+//   values gathered once per call into CSC order (float32, O(nnz)) so the walk reads them in
+//   sequence rather than through perm_t.
 // sdd (dW[n, k] = sum_m dy[m, n] x[m, k] at the stored entries) packs both x and dy
 // transposed, 64 rows of m at a time, and each entry is a 64-long dot product added to its
-// float32 accumulator in panel order; the m range is cut into a few fixed slices summed last.
+// float32 accumulator in panel order, 8 entries of a row per hadd reduction; the m range is cut
+// into a few fixed slices summed last.
+// Small blocks without a kernel in vblock.cpp also run here: blocks of 1, 2 or 4 lines (4x4,
+// 2x1, 1x8, ...) on a 16-row panel where one loaded panel value feeds the block's lines
+// (spmm_short), anything else on the element view of the pattern (expand_rows / expand_cols).
 #include <omp.h>
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "kernels.h"
 
@@ -32,6 +38,7 @@ constexpr int64_t L2_PANEL = 320 << 10; // dds_t/dds: largest 64-row panel (byte
 thread_local Scratch t_panel;    // per worker: one packed panel
 thread_local Scratch t_xt, t_dt;  // sdd, per worker: packed panels of x and dy
 thread_local Scratch t_acc32;    // sdd, on the calling thread: float32 sums of the m slices
+thread_local Scratch t_gather;   // dds (and block views), on the calling thread: values in line order
 
 // Ap[c * P + i] = a[m0 + i, c0 + c] for c in [c0, c1), i < rows; zero for rows <= i < P.
 template <int P, typename T>
@@ -109,9 +116,9 @@ inline void spmm_row2(__m256* acc_a, __m256* acc_b, const float* Ap, int64_t a0,
 // out[m, n] = epilogue(sum_{e in line n} vals[perm ? perm[e] : e] * a[m, idx[e]]), out (M, ocols).
 // Panels of P = 8V rows of a: V = 8 when the packed panel (acols x P floats) fits in L2, else
 // V = 4 with two output columns interleaved.
-template <int V, typename T, int ACT>
+template <int V, typename T, int ACT, typename TV>
 void spmm_impl(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs,
-               const int32_t* idx, const int32_t* perm, const T* vals, const T* bias, T* y, T* z, int nt) {
+               const int32_t* idx, const int32_t* perm, const TV* vals, const T* bias, T* y, T* z, int nt) {
   constexpr int P = 8 * V;
   const int64_t npan = (M + P - 1) / P;
   // (no streaming stores here: a task writes 32 bytes of each row at a time, half a cache line,
@@ -166,13 +173,37 @@ void spmm_impl(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols,
   }
 }
 
-template <typename T, int ACT>
+// Output columns n0 .. n0 + nn (nn <= 8) of rows m0 .. m0 + rows from tile (8 rows of P floats,
+// row i = column n0 + i over the panel's rows): 8x8 transposes, then the epilogue 8 wide.
+template <int P, int ACT, typename T>
+inline void store_cols(const float* tile, int nn, int64_t m0, int64_t rows, int64_t n0, int64_t ocols, const T* bias,
+                       T* y, T* z) {
+  const T* bn = bias ? bias + n0 : nullptr;
+  for (int ib = 0; ib * 8 < rows; ++ib) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_load_ps(tile + i * P + ib * 8);
+    transpose8(r);  // r[i] = out[m0 + ib*8 + i, n0 .. n0+8)
+    const int mm = int(std::min<int64_t>(8, rows - ib * 8));
+    for (int i = 0; i < mm; ++i) {
+      const int64_t o = (m0 + ib * 8 + i) * ocols + n0;
+      if (nn == 8) {
+        epilogue8<ACT>(r[i], bn, y + o, z ? z + o : nullptr);
+      } else {
+        alignas(32) float buf[8];
+        _mm256_store_ps(buf, r[i]);
+        for (int j = 0; j < nn; ++j) epilogue1<ACT>(buf[j], bn ? bn + j : nullptr, y + o + j, z ? z + o + j : nullptr);
+      }
+    }
+  }
+}
+
+template <typename T, int ACT, typename TV>
 void spmm(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs, const int32_t* idx,
-          const int32_t* perm, const T* vals, const T* bias, T* y, T* z, int nt) {
+          const int32_t* perm, const TV* vals, const T* bias, T* y, T* z, int nt) {
   if (acols * 64 * 4 <= L2_PANEL)
-    spmm_impl<8, T, ACT>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
+    spmm_impl<8, T, ACT, TV>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
   else
-    spmm_impl<4, T, ACT>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
+    spmm_impl<4, T, ACT, TV>(a, lda, M, acols, ocols, offs, idx, perm, vals, bias, y, z, nt);
 }
 
 // ---------------------------------------------------------------------------------- sdd
@@ -216,11 +247,46 @@ inline void sdd_row(const float* dt, const float* xt, int64_t e0, int64_t e1, co
   }
 }
 
+// Lane r of the result = the sum of the 8 lanes of a[r] (fixed order).
+inline __m256 reduce8(const __m256 a[8]) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// sdd_row with 8 entries at a time: 8 independent chains over the two halves of the 64 rows (4
+// vectors of dt in registers per half), and the 8 dot products reduced in one hadd tree and
+// added to acc[e .. e+8) as one vector (instead of 8 horizontal sums and scalar updates).
+inline void sdd_row8(const float* dt, const float* xt, int64_t e0, int64_t e1, const int32_t* ci, float* acc,
+                     bool first) {
+  int64_t e = e0;
+  for (; e + 8 <= e1; e += 8) {
+    if (e + 8 + PF < e1)
+      for (int q = 0; q < 8; ++q) prefetch_row<8>(xt + int64_t(ci[e + PF + q]) * MP);
+    const float* p[8];
+    for (int q = 0; q < 8; ++q) p[q] = xt + int64_t(ci[e + q]) * MP;
+    __m256 a[8];
+    for (int q = 0; q < 8; ++q) a[q] = _mm256_setzero_ps();
+    for (int h = 0; h < MP; h += 32) {
+      __m256 d[4];
+      for (int v = 0; v < 4; ++v) d[v] = _mm256_load_ps(dt + h + 8 * v);
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q)
+        for (int v = 0; v < 4; ++v) a[q] = _mm256_fmadd_ps(d[v], _mm256_load_ps(p[q] + h + 8 * v), a[q]);
+    }
+    const __m256 r = reduce8(a);
+    _mm256_storeu_ps(acc + e, first ? r : _mm256_add_ps(_mm256_loadu_ps(acc + e), r));
+  }
+  sdd_row(dt, xt, e, e1, ci, acc, first);
+}
+
+// The sampled product over lines (rows of W): offs (N + 1) / ci walk the stored elements, and
+// element e's result goes to dw[operm ? operm[e] : e] (operm: a block pattern expanded to
+// elements, below).
 template <typename T>
-void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, const Meta& mt, T* dw, int nt) {
-  const int64_t N = mt.nbr, K = mt.nbc, nnz = mt.nnzb;
-  const int32_t* ro = mt.row_offsets;
-  const int32_t* ci = mt.col_indices;
+void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, int64_t N, int64_t K, int64_t nnz,
+              const int32_t* ro, const int32_t* ci, const int32_t* operm, T* dw, int nt) {
   // The m reduction is split into S fixed slices (S depends on M only, not on the threads);
   // each slice is one task that packs its own panels and sums into its own float32 buffer,
   // and the buffers are added in slice order. No barrier inside the reduction, and the same
@@ -241,44 +307,228 @@ void sdd_impl(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t M, con
         const int64_t m0 = pan * MP, rows = std::min<int64_t>(MP, M - m0);
         pack_panel_t<MP>(x, ldx, m0, rows, 0, K, xt);
         pack_panel_t<MP>(dy, lddy, m0, rows, 0, N, dt);
-        for (int64_t n = 0; n < N; ++n) sdd_row(dt + n * MP, xt, ro[n], ro[n + 1], ci, out, pan == p0);
+        for (int64_t n = 0; n < N; ++n) sdd_row8(dt + n * MP, xt, ro[n], ro[n + 1], ci, out, pan == p0);
       }
     }
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < nnz; ++e) {
       float v = part[e];
       for (int64_t s = 1; s < S; ++s) v += part[s * nnz + e];
-      dw[e] = from_f32<T>(v);
+      dw[operm ? operm[e] : e] = from_f32<T>(v);
     }
   }
 }
 
+// ---------------------------------------------------------------------------------- any block
+// A block pattern without a kernel of its own (block sides that are not multiples of 8, e.g.
+// 4x4, 2x1) runs through the CSR kernels on its element view: each stored block becomes bm
+// lines of bk elements (rows of W for dds_t / sdd, columns through the CSC metadata for dds),
+// with the position of every element in the block-ordered values. Built per call on the
+// calling thread: O(nnz), against O(M nnz) for the product.
+struct Lines {
+  std::vector<int32_t> offs, idx, vpos;
+};
+thread_local Lines t_lines;
+
+// Rows of W: line n = nb * bm + i holds, for each stored block e of block row nb in order, the
+// elements j < bk at columns kb * bk + j (ascending).
+inline const Lines& expand_rows(const Meta& mt) {
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t N = mt.n(), nnz = mt.nnzb * bm * bk;
+  Lines& L = t_lines;
+  L.offs.resize(N + 1);
+  L.idx.resize(nnz);
+  L.vpos.resize(nnz);
+  int64_t t = 0;
+  L.offs[0] = 0;
+  for (int64_t nb = 0; nb < mt.nbr; ++nb)
+    for (int i = 0; i < bm; ++i) {
+      for (int64_t e = mt.row_offsets[nb]; e < mt.row_offsets[nb + 1]; ++e)
+        for (int j = 0; j < bk; ++j, ++t) {
+          L.idx[t] = int32_t(int64_t(mt.col_indices[e]) * bk + j);
+          L.vpos[t] = int32_t((e * bm + i) * bk + j);
+        }
+      L.offs[nb * bm + i + 1] = int32_t(t);
+    }
+  return L;
+}
+
+// Columns of W (CSC, rows ascending): line k = kb * bk + j holds, for each stored block of block
+// column kb, the elements i < bm at rows nb * bm + i.
+inline const Lines& expand_cols(const Meta& mt) {
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t K = mt.k(), nnz = mt.nnzb * bm * bk;
+  Lines& L = t_lines;
+  L.offs.resize(K + 1);
+  L.idx.resize(nnz);
+  L.vpos.resize(nnz);
+  int64_t t = 0;
+  L.offs[0] = 0;
+  for (int64_t kb = 0; kb < mt.nbc; ++kb)
+    for (int j = 0; j < bk; ++j) {
+      for (int64_t q = mt.col_offsets[kb]; q < mt.col_offsets[kb + 1]; ++q) {
+        const int64_t e = mt.perm_t[q], nb = mt.row_indices_t[q];
+        for (int i = 0; i < bm; ++i, ++t) {
+          L.idx[t] = int32_t(nb * bm + i);
+          L.vpos[t] = int32_t((e * bm + i) * bk + j);
+        }
+      }
+      L.offs[kb * bk + j + 1] = int32_t(t);
+    }
+  return L;
+}
+
+// vals[pos[t]] as float32 in line order, so the inner loops read the values in sequence instead
+// of through a permutation (one gather per call).
+template <typename T>
+const float* gather_values(const T* vals, const int32_t* pos, int64_t n, int nt) {
+  float* g = t_gather.get(size_t(n));
+#pragma omp parallel for schedule(static) num_threads(nt) if (n > (1 << 16))
+  for (int64_t t = 0; t < n; ++t) g[t] = to_f32(vals[pos[t]]);
+  return g;
+}
+
+template <typename T, typename TV>
+void spmm_act(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t ocols, const int32_t* offs,
+              const int32_t* idx, const TV* vals, const T* bias, int act, T* y, T* z, int nt) {
+  switch (act) {
+    case ACT_RELU: return spmm<T, ACT_RELU>(a, lda, M, acols, ocols, offs, idx, nullptr, vals, bias, y, z, nt);
+    case ACT_GELU: return spmm<T, ACT_GELU>(a, lda, M, acols, ocols, offs, idx, nullptr, vals, bias, y, z, nt);
+    case ACT_GELU_TANH:
+      return spmm<T, ACT_GELU_TANH>(a, lda, M, acols, ocols, offs, idx, nullptr, vals, bias, y, z, nt);
+    default: return spmm<T, ACT_NONE>(a, lda, M, acols, ocols, offs, idx, nullptr, vals, bias, y, z, nt);
+  }
+}
+
+// ---------------------------------------------------------------------------------- short blocks
+// Blocks of BM = 1, 2 or 4 lines (4x4, 2x1, 1x8, ...): a 16-row panel of the dense operand packed
+// transposed (64 bytes a column: K = 384 is 24 KB, in L1), and for each stored block and each of
+// its bk columns, one 2-vector load of the panel feeds the BM lines' 2 accumulators each (a loaded
+// input value serves BM outputs, against 1 for CSR). 8 / BM block lines fill an 8-column tile that
+// is transposed back through the CSR epilogue. w[(e * BM + i) * bk + j]: the block's (i, j) weight.
+template <int BM, typename T, int ACT, typename TV>
+void spmm_short(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t nlines, int bk, const int32_t* offs,
+                const int32_t* idx, const TV* w, const T* bias, T* y, T* z, int nt) {
+  constexpr int P = 16, G = 8 / BM;
+  const int64_t ocols = nlines * BM;
+  const int64_t npan = (M + P - 1) / P;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t pan = 0; pan < npan; ++pan) {
+    const int64_t m0 = pan * P, rows = std::min<int64_t>(P, M - m0);
+    float* Ap = t_panel.get(size_t(acols) * P);
+    pack_panel_t<P>(a, lda, m0, rows, 0, acols, Ap);
+    alignas(32) float tile[8][P];
+    for (int64_t nb0 = 0; nb0 < nlines; nb0 += G) {
+      for (int g = 0; g < G; ++g) {
+        const int64_t nb = nb0 + g;
+        __m256 acc[BM][2];
+        for (int i = 0; i < BM; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        if (nb < nlines) {
+          for (int64_t e = offs[nb]; e < offs[nb + 1]; ++e) {
+            const float* ap = Ap + int64_t(idx[e]) * bk * P;
+            const TV* we = w + e * BM * bk;
+            for (int j = 0; j < bk; ++j) {
+              const __m256 a0 = _mm256_load_ps(ap + j * P), a1 = _mm256_load_ps(ap + j * P + 8);
+#pragma GCC unroll 4
+              for (int i = 0; i < BM; ++i) {
+                const __m256 wb = _mm256_set1_ps(to_f32(we[i * bk + j]));
+                acc[i][0] = _mm256_fmadd_ps(wb, a0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(wb, a1, acc[i][1]);
+              }
+            }
+          }
+        }
+        for (int i = 0; i < BM; ++i) {
+          _mm256_store_ps(tile[g * BM + i], acc[i][0]);
+          _mm256_store_ps(tile[g * BM + i] + 8, acc[i][1]);
+        }
+      }
+      store_cols<P, ACT>(tile[0], int(std::min<int64_t>(8, ocols - nb0 * BM)), m0, rows, nb0 * BM, ocols, bias, y,
+                         z);
+    }
+  }
+}
+
+template <int BM, typename T, typename TV>
+void spmm_short_act(const T* a, int64_t lda, int64_t M, int64_t acols, int64_t nlines, int bk, const int32_t* offs,
+                    const int32_t* idx, const TV* w, const T* bias, int act, T* y, T* z, int nt) {
+  switch (act) {
+    case ACT_RELU: return spmm_short<BM, T, ACT_RELU>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, y, z, nt);
+    case ACT_GELU: return spmm_short<BM, T, ACT_GELU>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, y, z, nt);
+    case ACT_GELU_TANH:
+      return spmm_short<BM, T, ACT_GELU_TANH>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, y, z, nt);
+    default: return spmm_short<BM, T, ACT_NONE>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, y, z, nt);
+  }
+}
+
+// Whether spmm_short takes blocks of bm lines of bk (both sides at most 32, not CSR).
+inline bool short_block(int bm, int bk) { return (bm == 1 || bm == 2 || bm == 4) && bk <= 32 && bm * bk > 1; }
+
+template <typename T, typename TV>
+void spmm_short_any(int bm, const T* a, int64_t lda, int64_t M, int64_t acols, int64_t nlines, int bk,
+                    const int32_t* offs, const int32_t* idx, const TV* w, const T* bias, int act, T* y, T* z, int nt) {
+  if (bm == 1) return spmm_short_act<1>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, act, y, z, nt);
+  if (bm == 2) return spmm_short_act<2>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, act, y, z, nt);
+  spmm_short_act<4>(a, lda, M, acols, nlines, bk, offs, idx, w, bias, act, y, z, nt);
+}
+
+// The blocks in CSC order, each transposed (bk lines of bm): the input grad as a forward of Wᵀ.
+template <typename T>
+const float* gather_blocks_t(const T* vals, const Meta& mt, int nt) {
+  const int bm = mt.bm, bk = mt.bk;
+  const int64_t bs = int64_t(bm) * bk;
+  float* g = t_gather.get(size_t(mt.nnzb * bs));
+#pragma omp parallel for schedule(static) num_threads(nt) if (mt.nnzb * bs > (1 << 16))
+  for (int64_t q = 0; q < mt.nnzb; ++q) {
+    const T* src = vals + int64_t(mt.perm_t[q]) * bs;
+    for (int j = 0; j < bk; ++j)
+      for (int i = 0; i < bm; ++i) g[q * bs + j * bm + i] = to_f32(src[i * bk + j]);
+  }
+  return g;
+}
+
 }  // namespace
 
+// CSR (block (1, 1)) or, through the element view, any block shape.
 template <typename T>
 void csr_dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& mt, const T* bias, int act, T* y,
                T* z, int nt) {
-  const int64_t N = mt.nbr, K = mt.nbc;
-  const int32_t* ro = mt.row_offsets;
-  const int32_t* ci = mt.col_indices;
-  switch (act) {
-    case ACT_RELU: return spmm<T, ACT_RELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-    case ACT_GELU: return spmm<T, ACT_GELU>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-    case ACT_GELU_TANH:
-      return spmm<T, ACT_GELU_TANH>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-    default: return spmm<T, ACT_NONE>(x, ldx, m, K, N, ro, ci, nullptr, values, bias, y, z, nt);
-  }
+  if (mt.bm == 1 && mt.bk == 1)
+    return spmm_act(x, ldx, m, mt.nbc, mt.nbr, mt.row_offsets, mt.col_indices, values, bias, act, y, z, nt);
+  if (short_block(mt.bm, mt.bk))
+    return spmm_short_any(mt.bm, x, ldx, m, mt.k(), mt.nbr, mt.bk, mt.row_offsets, mt.col_indices, values, bias, act,
+                          y, z, nt);
+  const Lines& L = expand_rows(mt);
+  const float* g = gather_values(values, L.vpos.data(), int64_t(L.idx.size()), nt);
+  spmm_act(x, ldx, m, mt.k(), mt.n(), L.offs.data(), L.idx.data(), g, bias, act, y, z, nt);
 }
 
 template <typename T>
 void csr_dds(const T* dy, int64_t lddy, int64_t m, const T* values, const Meta& mt, T* dx, int nt) {
-  spmm<T, ACT_NONE>(dy, lddy, m, mt.nbr, mt.nbc, mt.col_offsets, mt.row_indices_t, mt.perm_t, values,
-                         static_cast<const T*>(nullptr), dx, static_cast<T*>(nullptr), nt);
+  const T* nob = nullptr;
+  T* noz = nullptr;
+  if (mt.bm == 1 && mt.bk == 1) {
+    const float* g = gather_values(values, mt.perm_t, mt.nnzb, nt);
+    return spmm_act(dy, lddy, m, mt.nbr, mt.nbc, mt.col_offsets, mt.row_indices_t, g, nob, ACT_NONE, dx, noz, nt);
+  }
+  if (short_block(mt.bk, mt.bm)) {
+    const float* g = gather_blocks_t(values, mt, nt);
+    return spmm_short_any(mt.bk, dy, lddy, m, mt.n(), mt.nbc, mt.bm, mt.col_offsets, mt.row_indices_t, g, nob,
+                          ACT_NONE, dx, noz, nt);
+  }
+  const Lines& L = expand_cols(mt);
+  const float* g = gather_values(values, L.vpos.data(), int64_t(L.idx.size()), nt);
+  spmm_act(dy, lddy, m, mt.n(), mt.k(), L.offs.data(), L.idx.data(), g, nob, ACT_NONE, dx, noz, nt);
 }
 
 template <typename T>
 void csr_sdd(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t m, const Meta& mt, T* dw, int nt) {
-  sdd_impl<T>(dy, lddy, x, ldx, m, mt, dw, nt);
+  if (mt.bm == 1 && mt.bk == 1)
+    return sdd_impl<T>(dy, lddy, x, ldx, m, mt.nbr, mt.nbc, mt.nnzb, mt.row_offsets, mt.col_indices, nullptr, dw,
+                       nt);
+  const Lines& L = expand_rows(mt);
+  sdd_impl<T>(dy, lddy, x, ldx, m, mt.n(), mt.k(), int64_t(L.idx.size()), L.offs.data(), L.idx.data(),
+              L.vpos.data(), dw, nt);
 }
 
 #define SPD_INSTANTIATE(T)                                                                                  \

@@ -27,8 +27,10 @@ struct Meta {
   int64_t k() const { return nbc * bk; }
 };
 
-// Whether the AVX2 kernels take this block shape: CSR (1, 1), or bm and bk multiples of 8.
-inline bool block_supported(int bm, int bk) { return (bm == 1 && bk == 1) || (bm % 8 == 0 && bk % 8 == 0); }
+// Whether the AVX2 kernels take this block shape: CSR (1, 1), bm and bk multiples of 8 (BSR), or
+// a small block with both sides at most 32 (vblock.cpp: (8k, 1) vectors, the rest as elements).
+inline bool bsr_block(int bm, int bk) { return bm % 8 == 0 && bk % 8 == 0; }
+inline bool block_supported(int bm, int bk) { return bsr_block(bm, bk) || (bm <= 32 && bk <= 32); }
 
 template <typename T>
 void dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& meta, const T* bias, int act,
@@ -41,7 +43,7 @@ template <typename T>
 void sdd(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t m, const Meta& meta, T* dw,
          int nthreads);
 
-// Layout-specific implementations (bsr.cpp, csr.cpp).
+// Layout-specific implementations (bsr.cpp, csr.cpp: CSR and any block as elements, vblock.cpp).
 template <typename T>
 void bsr_dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& meta, const T* bias,
                int act, T* y, T* z, int nthreads);
@@ -60,10 +62,21 @@ void csr_sdd(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t m, cons
              int nthreads);
 
 template <typename T>
+void vblock_dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& meta, const T* bias,
+                  int act, T* y, T* z, int nthreads);
+template <typename T>
+void vblock_dds(const T* dy, int64_t lddy, int64_t m, const T* values, const Meta& meta, T* dx, int nthreads);
+template <typename T>
+void vblock_sdd(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t m, const Meta& meta, T* dw,
+                int nthreads);
+
+template <typename T>
 inline void dds_t(const T* x, int64_t ldx, int64_t m, const T* values, const Meta& meta, const T* bias,
                   int act, T* y, T* z, int nthreads) {
   if (meta.bm == 1 && meta.bk == 1)
     csr_dds_t(x, ldx, m, values, meta, bias, act, y, z, nthreads);
+  else if (!bsr_block(meta.bm, meta.bk))
+    vblock_dds_t(x, ldx, m, values, meta, bias, act, y, z, nthreads);
   else
     bsr_dds_t(x, ldx, m, values, meta, bias, act, y, z, nthreads);
 }
@@ -73,6 +86,8 @@ inline void dds(const T* dy, int64_t lddy, int64_t m, const T* values, const Met
                 int nthreads) {
   if (meta.bm == 1 && meta.bk == 1)
     csr_dds(dy, lddy, m, values, meta, dx, nthreads);
+  else if (!bsr_block(meta.bm, meta.bk))
+    vblock_dds(dy, lddy, m, values, meta, dx, nthreads);
   else
     bsr_dds(dy, lddy, m, values, meta, dx, nthreads);
 }
@@ -82,6 +97,8 @@ inline void sdd(const T* dy, int64_t lddy, const T* x, int64_t ldx, int64_t m, c
                 int nthreads) {
   if (meta.bm == 1 && meta.bk == 1)
     csr_sdd(dy, lddy, x, ldx, m, meta, dw, nthreads);
+  else if (!bsr_block(meta.bm, meta.bk))
+    vblock_sdd(dy, lddy, x, ldx, m, meta, dw, nthreads);
   else
     bsr_sdd(dy, lddy, x, ldx, m, meta, dw, nthreads);
 }

@@ -48,7 +48,7 @@ Meta check_cpu_meta(const at::Tensor& values, const at::Tensor& row_offsets, con
   TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16,
                    "values must be float32 or bfloat16 for the cpu kernels, got ", values.scalar_type());
   TORCH_CHECK_VALUE(cpu::block_supported(int(s.bm), int(s.bk)),
-                    "the cpu kernels take block (1, 1) or bm, bk multiples of 8; got block (", s.bm, ", ", s.bk,
+                    "the cpu kernels take bm, bk multiples of 8 or both at most 32; got block (", s.bm, ", ", s.bk,
                     ")");
   Meta m{row_offsets.data_ptr<int32_t>(),
          col_indices.data_ptr<int32_t>(),

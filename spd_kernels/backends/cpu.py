@@ -1,7 +1,9 @@
 """``cpu`` backend: the C++/OpenMP kernels of ``csrc/cpu`` (via ``torch.ops.spd_kernels_C``).
 
-float32 (and bfloat16 with float32 accumulation) on CPU tensors; CSR (block (1, 1)) or BSR
-with bm and bk multiples of 8 (16x16, 32x32, 64x64, 32x64, ...). AVX2 + FMA register-tiled
+float32 (and bfloat16 with float32 accumulation) on CPU tensors; CSR (block (1, 1)), BSR
+with bm and bk multiples of 8 (16x16, 32x32, 64x64, 32x64, ...), and small blocks with both
+sides at most 32 (column vectors 8x1, 16x1, ... with their own kernels; 4x4, 2x1, ... on the
+CSR kernels through their element view). AVX2 + FMA register-tiled
 micro-kernels, OpenMP over independent output tiles (``torch.get_num_threads()`` threads);
 results do not depend on the thread count.
 """
@@ -19,9 +21,9 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 
 def block_supported(block) -> bool:
-    """CSR (1, 1), or both block sides multiples of 8 (the AVX2 tile width)."""
+    """Both block sides multiples of 8 (the AVX2 tile width), or both at most 32 (CSR included)."""
     bm, bk = block
-    return (bm, bk) == (1, 1) or (bm % 8 == 0 and bk % 8 == 0)
+    return (bm % 8 == 0 and bk % 8 == 0) or (bm <= 32 and bk <= 32)
 
 
 class CpuBackend(Backend):
@@ -49,7 +51,9 @@ class CpuBackend(Backend):
         if dtype not in DTYPES:
             reasons.append(f"dtype {dtype} not supported (float32, bfloat16)")
         if not block_supported(block):
-            reasons.append(f"block {tuple(block)} not supported (block (1, 1), or bm and bk multiples of 8)")
+            reasons.append(
+                f"block {tuple(block)} not supported (bm and bk multiples of 8, or both at most 32)"
+            )
         return reasons
 
     def dds_t(self, x, values, meta, bias, activation, save_preact):

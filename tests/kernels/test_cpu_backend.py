@@ -189,8 +189,8 @@ def test_cpu_backend_is_the_default_on_cpu(block, dtype):
 def test_what_the_cpu_backend_does_not_take():
     cpu = sk.BACKENDS["cpu"]
     dev = torch.device("cpu")
-    assert "block (2, 4) not supported" in " ".join(cpu.call_reasons("dds_t", dev, torch.float32, (2, 4)))
-    assert "block (32, 4) not supported" in " ".join(cpu.call_reasons("dds", dev, torch.float32, (32, 4)))
+    assert "block (2, 64) not supported" in " ".join(cpu.call_reasons("dds_t", dev, torch.float32, (2, 64)))
+    assert "block (40, 36) not supported" in " ".join(cpu.call_reasons("dds", dev, torch.float32, (40, 36)))
     assert "dtype torch.float64 not supported" in " ".join(
         cpu.call_reasons("sdd", dev, torch.float64, (1, 1))
     )
@@ -201,7 +201,7 @@ def test_what_the_cpu_backend_does_not_take():
         cpu.call_reasons("sdd", torch.device("meta"), torch.float32, (1, 1))
     )
     # those fall back to the reference backend
-    assert sk.choose_backend("dds_t", dev, torch.float32, (2, 4)).name == "reference"
+    assert sk.choose_backend("dds_t", dev, torch.float32, (2, 64)).name == "reference"
     assert sk.choose_backend("dds_t", dev, torch.float64, (32, 32)).name == "reference"
 
 
@@ -308,8 +308,8 @@ def test_raw_op_bad_inputs_name_the_value():
         fwd(x, W.values, *meta, None, "swish", False)
     with pytest.raises(ValueError, match=r"bias must have shape \(64,\), got \[63\]"):
         fwd(x, W.values, *meta, torch.randn(63), "none", False)
-    with pytest.raises(ValueError, match=r"block \(2, 4\)"):
-        fwd(x, torch.randn(W.nnz_blocks, 2, 4), *meta, None, "none", False)
+    with pytest.raises(ValueError, match=r"block \(2, 64\)"):
+        fwd(x, torch.randn(W.nnz_blocks, 2, 64), *meta, None, "none", False)
     with pytest.raises(RuntimeError, match=r"values must be 3-D, got shape \[3, 1024\]"):
         fwd(x, W.values.reshape(3, -1), *meta, None, "none", False)
     with pytest.raises(RuntimeError, match=r"row_offsets must have dtype Int, got Long"):
@@ -381,7 +381,7 @@ def test_benchmark_quick_writes_the_csv_schema(tmp_path):
     assert list(rows[0]) == list(CSV_COLUMNS) + list(bench.EXTRA)
     ours = [r for r in rows if r["impl"] == "spd_kernels"]
     assert {r["backend"] for r in ours} == {"cpu"}
-    assert {r["layout"] for r in ours} == {"csr", "bsr16", "bsr32", "bsr64"}
+    assert {r["layout"] for r in ours} == set(bench.LAYOUTS)  # every layout of the default grid
     assert {r["op"] for r in ours} == {"forward", "input_grad", "weight_grad"}
     assert {r["impl"] for r in rows} >= {"spd_kernels", "dense_eager", "torch_sparse"}
     assert all(r["status"] == "ok" for r in ours)
@@ -413,7 +413,8 @@ def test_benchmark_minilm_preset():
     finally:
         sys.path.pop(0)
     args = bench.parse_args(["--preset", "minilm"])
-    assert args.layouts == ["csr", "bsr32", "bsr16"]
+    assert args.layouts == list(bench.PRESET_LAYOUTS)
+    assert {"csr", "bsr8x1", "bsr4", "bsr32"} <= set(args.layouts)
     assert sorted({(s.M, s.N, s.K) for s in args.shapes}) == [
         (m, n, k) for m in (128, 4096) for n, k in ((384, 384), (384, 1536), (1536, 384))
     ]
