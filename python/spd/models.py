@@ -25,7 +25,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from spd_kernels.dropout import dropout as fast_dropout
 from spd_kernels.nn import MaskedLinear
+from spd_kernels.nn.dropout import FastDropout
 
 EMBEDDED_MODEL = "embedded"  # the name the CLI accepts for the packaged all-MiniLM-L6-v2
 SPD_MODEL_FILE = "spd_model.json"  # manifest of the older layout (read only)
@@ -155,7 +157,10 @@ def _eager_maps_before_dropout(
     if attention_mask is not None:
         w = w + attention_mask
     probs = torch.softmax(w, dim=-1)
-    dropped = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    if isinstance(getattr(module, "dropout", None), FastDropout):  # the run asked for fast dropout
+        dropped = fast_dropout(probs, p=dropout, training=module.training)
+    else:
+        dropped = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(dropped, value).transpose(1, 2).contiguous()
     return out, probs
 

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from spd_kernels.nn.dropout import use_fast_dropout
+
 from . import checkpoint as ckpt
 from .data import (
     EncodedSplit,
@@ -153,6 +155,14 @@ class TrainConfig:
             "help": "which parameters train: auto (the method's reference: SPD encoder layers only; "
             "movement/magnitude all but the embeddings; fine-tuning all), all, no-embeddings, encoder",
             "choices": ("auto", "all", "no-embeddings", "encoder"),
+        },
+    )
+    fast_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "the model's dropout modules run spd_kernels' CPU dropout kernel (counter-based, "
+            "seeded from torch's generator: reproducible and resumable); --no-fast-dropout keeps "
+            "torch's dropout"
         },
     )
     resume: str = field(
@@ -627,6 +637,7 @@ class Trainer:
         if note and info.is_main:
             print(note, file=sys.stderr)
         model.to(info.device).train()
+        use_fast_dropout(model, cfg.fast_dropout)
         masked = masked_linears(model)
         for m in masked.values():
             m.sparse_path = "never" if cfg.sparse_kernels == "never" else "auto"
