@@ -93,8 +93,10 @@ class PruningConfig:
     mask_updates: int = field(
         default=0,
         metadata={
-            "help": "magnitude/SPD: this many mask updates spread evenly over the ramp, update k at "
-            "sparsity s_f(1-(1-k/n)^3) (the SPD authors: 12); 0 = every --update-every steps"
+            "help": "magnitude/SPD: prune about this many times over the ramp, as the SPD authors' "
+            "code does (12): every freq = ramp//n steps after the first interval (t = k*freq, "
+            "0 < t < ramp), update k at sparsity s_f(1-(1-k/(ramp//freq))^3); 0 = every "
+            "--update-every steps"
         },
     )
     regrow: bool = field(
@@ -212,13 +214,22 @@ class Pruner:
         self.cooldown_steps = int(round(config.cooldown_fraction * total_steps))
         self.last_update: Optional[int] = None
         self.movement = config.method in ("movement", "soft-movement")
-        # magnitude with a fixed number of updates: step -> update index k (1..n)
+        # magnitude with a fixed number of updates (the SPD authors' ``Prune``, run_glue.py):
+        # the interval is freq = ramp // n, the schedule's denominator ramp // freq, and the
+        # mask is updated after step t = k·freq for 0 < t < ramp (so before the forward of
+        # phase step warm-up + k·freq): the first update one interval in, none at t = 0.
+        # step -> update index k
         self.update_at: Dict[int, int] = {}
+        self.update_denominator = 0
         n = config.mask_updates
         if n and not self.movement:
             ramp = self.total_steps - self.warmup_steps - self.cooldown_steps
-            for k in range(1, n + 1):
-                self.update_at[self.warmup_steps + ((k - 1) * ramp) // n] = k
+            freq = max(ramp // n, 1)
+            self.update_denominator = max(ramp // freq, 1)
+            k = 1
+            while k * freq < ramp:
+                self.update_at[self.warmup_steps + k * freq] = k
+                k += 1
 
     # ------------------------------------------------------------------ schedule values
     def _sched(self, step: int) -> Tuple[int, int, int]:
@@ -231,13 +242,15 @@ class Pruner:
         """First step that runs at the final sparsity."""
         if self.update_at:
             return max(self.update_at)
+        if self.config.mask_updates and not self.movement:
+            return self.warmup_steps  # a ramp too short for one update: the phase stays dense
         return max(self.total_steps - self.cooldown_steps - 1, 0)
 
     def target_sparsity(self, step: int) -> float:
         if self.update_at:
             done = [k for u, k in self.update_at.items() if u <= step]
-            k, n = (max(done) if done else 0), self.config.mask_updates
-            return self.config.sparsity * (1.0 - (1.0 - k / n) ** 3)
+            k, n = (max(done) if done else 0), self.update_denominator
+            return self.config.sparsity * (1.0 - (1.0 - min(k / n, 1.0)) ** 3)
         s, total, warm = self._sched(step)
         return cubic_sparsity(s, total, self.config.sparsity, 0.0, warm, self.cooldown_steps)
 
