@@ -742,6 +742,9 @@ class Trainer:
                 if loss.requires_grad:  # all layer positions grafted from the frozen teacher: no grad
                     loss.backward()
                 loss_val += float(loss.detach())
+            logging_now = bool(cfg.log_every) and ((step + 1) % cfg.log_every == 0 or step + 1 == total)
+            # the sparsity this step's forward pass ran at (score masks move with the step)
+            fwd_sparsity = model_sparsity(masked) if (logging_now and masked) else 0.0
             all_reduce_gradients(trainable + norm_only, info)
             grad_norm = None
             if cfg.max_grad_norm > 0:
@@ -771,7 +774,7 @@ class Trainer:
                 if pruner is not None and pruner.config.method == "soft-movement":
                     keys.append("l1")
                 parts_all = {k: all_reduce_sum(parts_sum.get(k, 0.0), info) for k in keys}
-                sparsity = model_sparsity(masked) if masked else 0.0
+                sparsity = fwd_sparsity
                 rec = {
                     "phase": phase.name,
                     "step": done,

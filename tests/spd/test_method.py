@@ -302,3 +302,69 @@ def test_spd_clips_the_gradient_norm_over_all_parameters(learnable):
         "--final-epochs", "0", "--sparsity", "0.5", "--max-train-samples", "32",
     )  # fmt: skip
     assert rc == 0 and _records(out, "spd")[0]["grad_norm"] == pytest.approx(norms["all"], rel=1e-6)
+
+
+# ---------------------------------------------------------------- progressive baselines
+def _cubic(done, total, s_f, warm, cool):
+    """Zhu & Gupta's s_f (1 - (1 - t/R)^3) with a dense warm-up and a cool-down at s_f, written
+    out here (not the package's schedule)."""
+    ramp = total - warm - cool
+    t = min(max(done - warm, 0), ramp) / ramp
+    return s_f * (1.0 - (1.0 - t) ** 3)
+
+
+@pytest.fixture(scope="module")
+def ramp_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ramp")
+    save_tiny_model_dir(str(d / "model"), dropout=0.1, hidden=32, intermediate=64)
+    rows = sentences(200, seed=11)
+    write_csv(d / "train.csv", rows[:160])  # 10 steps an epoch at batch 16
+    write_csv(d / "dev.csv", rows[160:180])
+    write_csv(d / "test.csv", rows[180:])
+    return d
+
+
+@pytest.mark.parametrize(
+    "method,granularity",
+    [
+        ("soft-movement", "element"),
+        ("soft-movement", "block8"),
+        ("magnitude", "element"),
+        ("magnitude", "block8"),
+        ("movement", "element"),
+        ("movement", "block8"),
+    ],
+)
+def test_baselines_follow_the_cubic_schedule_on_a_short_budget(ramp_data, method, granularity):
+    """~100 pruning steps (the budget on which soft movement used to stay dense through the whole
+    ramp and then cut 90 % in one step): the sparsity each step's forward pass ran at, logged
+    every step, is within 3 points of the cubic schedule at the ramp's quarter, half and end, never
+    moves by more than 5 % of the weights in one step, and ends at the budget."""
+    d = ramp_data
+    out = d / f"{method}-{granularity}"
+    rc = main([
+        "prune", "--method", method, "--kd", "--model", str(d / "model"), "--task", "files",
+        "--train-file", str(d / "train.csv"), "--validation-file", str(d / "dev.csv"),
+        "--test-file", str(d / "test.csv"), "--output-dir", str(out), "--batch-size", "16",
+        "--teacher-epochs", "1", "--teacher-lr", "1e-3", "--prune-epochs", "10", "--prune-lr", "1e-3",
+        "--final-epochs", "0", "--sparsity", "0.8", "--granularity", granularity, "--no-progress",
+        "--cache-dir", "none", "--threads", "1", "--seed", "2", "--log-every", "1",
+    ])  # fmt: skip
+    assert rc == 0
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    sp = {x["step"]: x["sparsity"] for x in recs if x.get("phase") == "prune" and "loss" in x}
+    total = max(sp)
+    assert total == 100 and sorted(sp) == list(range(1, total + 1))
+    warm, cool = round(0.1 * total), round(0.2 * total)
+    ramp = total - warm - cool
+    for frac in (0.25, 0.5, 1.0):
+        done = warm + int(frac * ramp)
+        want = _cubic(done, total, 0.8, warm, cool)
+        assert sp[done] == pytest.approx(want, abs=0.03), (frac, done, sp[done], want)
+    seq = [0.0] + [sp[i] for i in range(1, total + 1)]
+    jumps = [b - a for a, b in zip(seq, seq[1:])]
+    assert max(jumps) <= 0.05, max(jumps)
+    assert sp[total] == pytest.approx(0.8, abs=0.015)  # block8: 3 of a 32 x 32 matrix's 16 blocks
+    if method == "soft-movement":  # the L1 term is logged and rises with the ramp
+        l1 = [x["loss_l1"] for x in recs if x.get("phase") == "prune" and "loss_l1" in x]
+        assert l1 and max(l1) > 0
