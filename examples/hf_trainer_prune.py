@@ -54,7 +54,8 @@ prune = DistillationTrainer(model=student, teacher=teacher, graft={"p0": 0.8} if
                             callbacks=[cb], args=args("prune", 2, 6.4e-4 if spd else 1e-4), **kw)  # fmt: skip
 prune.train()
 final = DistillationTrainer(model=student, teacher=teacher, distill=prune.distill,  # 3. fixed masks
-                            args=args("final", 1, 3e-4 if spd else 5e-5), **kw)  # fmt: skip
+                            graft={"p0": 0.8} if spd else None,  # the authors keep grafting at 0.8
+                            args=args("final", 1, 6.4e-4 if spd else 5e-5), **kw)  # fmt: skip
 final.train()
 acc_t, acc_s = dense.evaluate(test)["eval_accuracy"], final.evaluate(test)["eval_accuracy"]
 sparsity = cb.sparsity(student)

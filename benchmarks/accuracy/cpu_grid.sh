@@ -6,7 +6,13 @@
 # is merged into benchmarks/results/accuracy_cpu.csv at once, so the grid can be run in parts:
 #   bash benchmarks/accuracy/cpu_grid.sh                                 # everything under runs/acc
 #   SEEDS=1 METHODS=spd GRANS=element JOBS=1 bash benchmarks/accuracy/cpu_grid.sh   # one run
+#   SEEDS=1 METHODS=spd GRANS="element block32 block16 block8 block8x1 block16x1 block4x4" \
+#     bash benchmarks/accuracy/cpu_grid.sh          # the accuracy-speed frontier's SPD points
 # Then: python benchmarks/accuracy/table.py --from-csv benchmarks/results/accuracy_cpu.csv
+# Any blockMxN granularity runs; a layout without a measured sparse kernel trains on the masked
+# dense product (the crossover table has no entry for it). A run directory that already holds
+# results.json is skipped: runs made before the methods changed (SPD as published, the
+# progressive baselines) must be moved away to be rerun; the teacher can stay.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}

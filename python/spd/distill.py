@@ -5,7 +5,8 @@ else its mean over the batch. Per-example values let the trainer normalise by th
 batch size, which makes gradient accumulation and data-parallel runs add up to exactly the
 single-process loss.
 
-* :func:`soft_cross_entropy` — ``T² · Σ_c -softmax(t/T)_c · log_softmax(s/T)_c``.
+* :func:`soft_cross_entropy` — ``T² · Σ_c -softmax(t/T)_c · log_softmax(s/T)_c`` (or the
+  mean over classes, the SPD authors' form).
 * :func:`hidden_mse` — mean squared error of hidden states, over the valid (non-padding)
   tokens and the hidden dimension, summed (SPD) or averaged over the layers given.
 * :func:`attention_mse` — the same on attention probabilities (B, heads, L, L), over valid
@@ -41,9 +42,11 @@ def soft_cross_entropy(
     temperature: float = 1.0,
     reduction: str = "mean",
     squared: bool = True,
+    class_mean: bool = False,
 ) -> Tensor:
     """``T² · CE(softmax(t/T), softmax(s/T))``; logits (B, C). The T² keeps the gradient scale
-    independent of T (Hinton et al.); ``squared=False`` leaves it out."""
+    independent of T (Hinton et al.); ``squared=False`` leaves it out. ``class_mean`` divides
+    by the number of classes C: the SPD authors' ``(-p_t · log p_s).mean()`` over B × C."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if student_logits.shape != teacher_logits.shape:
@@ -55,6 +58,8 @@ def soft_cross_entropy(
     p_t = F.softmax(teacher_logits.detach().float() / t, dim=-1)
     logp_s = F.log_softmax(student_logits.float() / t, dim=-1)
     per = -(p_t * logp_s).sum(-1) * (t * t if squared else 1.0)
+    if class_mean:
+        per = per / p_t.shape[-1]
     return _reduce(per, reduction)
 
 
@@ -164,6 +169,22 @@ class DistillConfig:
             "choices": ("sum", "mean"),
         },
     )
+    logit_class_mean: bool = field(
+        default=False,
+        metadata={
+            "help": "divide the soft cross-entropy by the number of classes (the SPD authors' "
+            "(-p_t·log p_s).mean() over batch x classes; --method spd default); off: summed over "
+            "classes (Hinton et al., emmental)"
+        },
+    )
+    regression_target: str = field(
+        default="teacher",
+        metadata={
+            "help": "regression: the logit term is the MSE to the teacher's output (teacher) or to the "
+            "labels (labels: the SPD authors' code, --method spd default)",
+            "choices": ("teacher", "labels"),
+        },
+    )
     attn_maps_after_dropout: bool = field(
         default=False,
         metadata={
@@ -178,6 +199,10 @@ class DistillConfig:
         for name in ("alpha_ce", "alpha_logit", "alpha_hidden", "alpha_attn"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.regression_target not in ("teacher", "labels"):
+            raise ValueError(
+                f"regression_target must be 'teacher' or 'labels', got {self.regression_target!r}"
+            )
         if self.layer_reduction not in ("sum", "mean"):
             raise ValueError(f"layer_reduction must be 'sum' or 'mean', got {self.layer_reduction!r}")
 
@@ -216,11 +241,20 @@ def distillation_loss(
     if config.needs_teacher and teacher is None:
         raise ValueError("distillation weights are set but no teacher outputs were given")
     if config.alpha_logit > 0:
-        if regression:
+        if regression and config.regression_target == "labels":
+            if labels is None:
+                raise ValueError("regression_target='labels' needs labels")
+            parts["logit"] = task_loss(logits, labels, regression=True, reduction="none")
+        elif regression:
             parts["logit"] = (logits.float() - teacher.logits.detach().float()).pow(2).mean(-1)
         else:
             parts["logit"] = soft_cross_entropy(
-                logits, teacher.logits, config.temperature, "none", config.temperature_squared
+                logits,
+                teacher.logits,
+                config.temperature,
+                "none",
+                config.temperature_squared,
+                config.logit_class_mean,
             )
         total = total + config.alpha_logit * parts["logit"]
     if config.alpha_hidden > 0:

@@ -46,9 +46,33 @@ class GraftConfig:
         },
     )
     hold: float = field(default=0.5, metadata={"help": "mixed schedule: fraction of stage 2 held at p0"})
+    teacher_mode: str = field(
+        default="train",
+        metadata={
+            "help": "mode of the teacher layers grafted into the student: train (dropout on, as in the "
+            "SPD authors' code, where they are the student model's own predecessor layers) or eval",
+            "choices": ("train", "eval"),
+        },
+    )
+    final_stage: str = field(
+        default="continue",
+        metadata={
+            "help": "stage 3 (fixed masks): continue grafting at the p stage 2 ended with (the SPD "
+            "authors' code keeps p = 0.8 through its second LR cycle) or off (the student alone)",
+            "choices": ("continue", "off"),
+        },
+    )
 
     def __post_init__(self) -> None:
         graft_probability(0, 1, self.schedule, self.p0, self.hold)  # validates
+        if self.teacher_mode not in ("train", "eval"):
+            raise ValueError(f"graft teacher_mode must be 'train' or 'eval', got {self.teacher_mode!r}")
+        if self.final_stage not in ("continue", "off"):
+            raise ValueError(f"graft final_stage must be 'continue' or 'off', got {self.final_stage!r}")
+
+    def final_p(self) -> float:
+        """The probability stage 2 ends with (constant: p0; linear and mixed reach 1)."""
+        return self.p0 if self.schedule == "constant" else 1.0
 
     def probability(self, step: int, total_steps: int) -> float:
         return graft_probability(step, total_steps, self.schedule, self.p0, self.hold)
@@ -61,9 +85,12 @@ class Grafter:
         student, teacher: models of the same architecture (same number of encoder layers);
             the teacher should be frozen and in eval mode.
         seed: seed of the generator that draws the layer choices.
+        teacher_mode: ``train`` runs a grafted teacher layer in the student's mode (dropout on
+            while the student trains: the SPD authors' predecessor layers), ``eval`` always in
+            eval mode; the teacher's mode is restored after the forward.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, seed: int = 0):
+    def __init__(self, student: nn.Module, teacher: nn.Module, seed: int = 0, teacher_mode: str = "eval"):
         self.layers = encoder_layers(student)
         self.teacher_layers: List[nn.Module] = list(encoder_layers(teacher))
         if len(self.layers) != len(self.teacher_layers):
@@ -71,6 +98,9 @@ class Grafter:
                 f"student has {len(self.layers)} encoder layers, teacher {len(self.teacher_layers)}; "
                 "grafting needs the same depth"
             )
+        if teacher_mode not in ("train", "eval"):
+            raise ValueError(f"teacher_mode must be 'train' or 'eval', got {teacher_mode!r}")
+        self.teacher_mode = teacher_mode
         self.generator = torch.Generator().manual_seed(int(seed))
 
     @property
@@ -91,14 +121,21 @@ class Grafter:
         if len(use_student) != self.num_layers:
             raise ValueError(f"need {self.num_layers} layer choices, got {len(use_student)}")
         own = list(self.layers)
+        modes = [t.training for t in self.teacher_layers]
         try:
             for i, keep in enumerate(use_student):
                 if not keep:
-                    self.layers[i] = self.teacher_layers[i]
+                    t = self.teacher_layers[i]
+                    # train: the grafted layer runs as the student's own layer would (dropout
+                    # when the student trains), as in the SPD authors' model
+                    t.train(own[i].training if self.teacher_mode == "train" else False)
+                    self.layers[i] = t
             yield
         finally:
             for i, layer in enumerate(own):
                 self.layers[i] = layer
+            for t, mode in zip(self.teacher_layers, modes):
+                t.train(mode)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}

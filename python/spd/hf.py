@@ -65,7 +65,7 @@ class _PruningCallback:
 
     Args:
         method: ``magnitude``, ``movement``, ``soft-movement`` or ``spd`` (magnitude with SPD's
-            schedule: 12 mask updates from the first step, no cool-down).
+            schedule: the authors' 12 intervals, an update after each, no cool-down).
         sparsity: final fraction of pruned weights.
         granularity: ``element``, ``blockN`` or ``blockMxN``.
         schedule: overrides of :class:`spd.pruning.PruningConfig` fields (``warmup_fraction``,
@@ -263,7 +263,7 @@ class _DistillationTrainer:
         if regression is None:
             regression = getattr(getattr(model, "config", None), "num_labels", 2) == 1
         self.regression = bool(regression)
-        self.grafter = Grafter(model, teacher) if graft is not None else None
+        self.grafter = Grafter(model, teacher, teacher_mode=graft.teacher_mode) if graft is not None else None
         setup_distillation(model, teacher, distill, attention_for(distill, attention), graft is not None)
         # num_items_in_batch (the examples of the optimizer step) is counted and the loss is
         # already normalised by it: the Trainer must not divide it by the accumulation steps

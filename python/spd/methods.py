@@ -4,13 +4,14 @@ SPD (Huang et al. 2022), method ``spd``:
 
 1. ``teacher`` — fine-tune the dense model on the task (skipped when a fine-tuned teacher is
    given); the best validation model is the teacher.
-2. ``spd`` — a copy of the teacher is pruned by magnitude along the cubic schedule (12 mask
-   updates from the first step) while each encoder layer position runs the student's layer
-   with probability ``p`` (else the teacher's; 0.8 held constant, as the authors ran it);
-   loss = hidden-state MSE + attention MSE + soft cross-entropy on logits; its own
-   learning-rate cycle.
-3. ``distill`` — the fully sparse student (``p = 1``, masks fixed) is distilled with the same
-   loss and a fresh learning-rate cycle.
+2. ``spd`` — a copy of the teacher is pruned by magnitude along the cubic schedule (the
+   authors' 12 intervals: an update after each, the first one interval in) while each encoder
+   layer position runs the student's layer with probability ``p`` (else the teacher's, in
+   train mode; 0.8 held constant, as the authors ran it); loss = hidden-state MSE + attention
+   MSE + soft cross-entropy on logits; its own learning-rate cycle.
+3. ``distill`` — the sparse student (masks fixed; grafting goes on at the same ``p``, as in
+   the authors' second cycle, ``--graft-final-stage off`` for the student alone) is distilled
+   with the same loss and a fresh learning-rate cycle.
 
 Baselines (``magnitude``, ``movement``, ``soft-movement``) run the same loop without
 grafting: a pruning phase (cubic schedule) and a fixed-mask phase, each with its own cycle,
@@ -64,7 +65,7 @@ class StageConfig:
         default=1, metadata={"help": "stage 3: epochs at the final sparsity (fresh LR cycle)"}
     )
     final_lr: float = field(
-        default=3e-5, metadata={"help": "stage 3: peak learning rate (--method spd: 3e-4)"}
+        default=3e-5, metadata={"help": "stage 3: peak learning rate (--method spd: 6.4e-4)"}
     )
     kd: bool = field(
         default=False,
@@ -87,9 +88,10 @@ def check_epochs_and_lr(prefix: str, epochs, lr, minimum: int = 0) -> None:
 
 def method_distill_defaults(method: str, kd: bool) -> dict:
     """SPD's loss (the authors' run_glue.py): MSE of all 13 hidden states summed over layers +
-    attention MSE summed over layers + soft cross-entropy on logits at T = 1 without T², no
-    hard labels. Baselines use the labels, plus emmental's logit KD with ``kd`` (α 0.5/0.5,
-    T = 2, T²)."""
+    attention MSE summed over layers + soft cross-entropy on logits at T = 1 without T², as
+    ``(-p_t · log p_s).mean()`` over batch × classes (regression: MSE to the labels), no hard
+    labels; the student's attention maps as Hugging Face returns them (after dropout).
+    Baselines use the labels, plus emmental's logit KD with ``kd`` (α 0.5/0.5, T = 2, T²)."""
     if method == "spd":
         return {
             "alpha_ce": 0.0,
@@ -98,7 +100,10 @@ def method_distill_defaults(method: str, kd: bool) -> dict:
             "alpha_attn": 1.0,
             "temperature": 1.0,
             "temperature_squared": False,
+            "logit_class_mean": True,
+            "regression_target": "labels",
             "layer_reduction": "sum",
+            "attn_maps_after_dropout": True,
         }
     if kd:
         return {
@@ -112,7 +117,7 @@ def method_distill_defaults(method: str, kd: bool) -> dict:
 
 
 def method_pruning_defaults(method: str) -> dict:
-    """Schedules as each reference runs them. SPD: pruning from the first step, 12 cubic mask
+    """Schedules as each reference runs them. SPD: pruning from the start, 12 cubic mask
     updates over the phase (the authors' ``freq = steps / 12``), no cool-down. Soft movement:
     emmental's README values (τ 0 → 0.1, λ 400). Movement/magnitude keep the dataclass
     defaults (warm-up 10 %, cool-down 20 %: emmental's 1× / 2× the LR warm-up at 10 %)."""
@@ -125,11 +130,18 @@ def method_pruning_defaults(method: str) -> dict:
 
 def method_stage_defaults(method: str) -> dict:
     """SPD's learning rates: the authors' 6.4e-4 peak (README command; their optimizer holds
-    only the encoder layers) for the pruning cycle; 3e-4 for the fixed-mask cycle (measured on
-    the embedded data: block 32 at 90 % keeps 92 % of the teacher, against 87 % at 3e-4/1e-4
-    and a collapse at 1e-4/5e-5; the reference restarts at 6.4e-4)."""
+    only the encoder layers) for both cycles (their second scheduler restarts at 6.4e-4)."""
     if method == "spd":
-        return {"prune_lr": 6.4e-4, "final_lr": 3e-4}
+        return {"prune_lr": 6.4e-4, "final_lr": 6.4e-4}
+    return {}
+
+
+def method_train_defaults(method: str) -> dict:
+    """Optimizer settings that differ per method: SPD's two cycles have no LR warm-up (the
+    authors' ``--warmup_steps`` default 0); the baselines keep the 10 % warm-up (emmental's
+    README commands)."""
+    if method == "spd":
+        return {"warmup_ratio": 0.0}
     return {}
 
 
@@ -224,9 +236,14 @@ def prune_phases(
             pruning=pruning,
             graft=graft if method == "spd" else None,
             trainable=METHOD_TRAINABLE[method],
+            clip_all=method == "spd",
         )
     )
     if stages.final_epochs > 0:
+        final_graft = None
+        if method == "spd" and graft.final_stage == "continue" and graft.final_p() < 1.0:
+            # the authors' second cycle keeps grafting at the rate stage 2 ended with
+            final_graft = dataclasses.replace(graft, schedule="constant", p0=graft.final_p())
         phases.append(
             Phase(
                 name="distill" if method == "spd" else "sparse-finetune",
@@ -234,8 +251,10 @@ def prune_phases(
                 lr=stages.final_lr,
                 distill=distill,
                 build=lambda prev, teacher: prev,
+                graft=final_graft,
                 freeze_scores=True,
                 trainable=METHOD_TRAINABLE[method],
+                clip_all=method == "spd",
             )
         )
     return phases
@@ -262,6 +281,7 @@ __all__ = [
     "method_distill_defaults",
     "method_pruning_defaults",
     "method_stage_defaults",
+    "method_train_defaults",
     "init_scores_from_magnitude",
     "prune_phases",
     "spd_pruning_config",

@@ -9,10 +9,11 @@ A :class:`Pruner` owns the prunable layers of one model and, called once per opt
   straight-through gradient ``Σ_block (∂L/∂W') ⊙ W`` (the binarizer passes everything
   forward and the gradient through); at each mask update the mask keeps the top-k scores.
 * ``soft-movement`` — the forward mask is ``σ(S) > τ_t`` (straight-through), and the loss gets
-  ``λ_t · mean σ(S)`` (:meth:`Pruner.regularization`); τ and λ follow the cubic progress. At
-  each mask update the lowest scores over all layers are committed as pruned, exactly at the
-  cubic schedule's sparsity (between updates the threshold may drop more in the forward
-  pass), so every method ends at the same budget and none reaches it in one cut.
+  ``λ_t · mean σ(S)`` (:meth:`Pruner.regularization`); λ follows the cubic progress, and τ is
+  set at every step so that the pruned fraction over all layers is the cubic schedule's
+  (``soft_threshold_mode="budget"``; ``"cubic"`` ramps τ itself, emmental's README form).
+  When the ramp ends the lowest scores over all layers are committed as pruned, exactly at
+  the budget, so every method ends at the same budget and none reaches it in one cut.
 
 Committed masks go through ``MaskedLinear.set_mask`` without ``allow_regrow``: a pruned
 weight never comes back. Masks are recomputed every ``update_every`` steps; between updates
@@ -89,12 +90,26 @@ class PruningConfig:
             "help": "fraction of the pruning phase at the final sparsity after the ramp (--method spd: 0)"
         },
     )
-    update_every: int = field(default=10, metadata={"help": "recompute the masks every this many steps"})
+    update_every: int = field(
+        default=10,
+        metadata={"help": "recompute the masks at most this many steps apart (see --max-step-sparsity)"},
+    )
+    max_step_sparsity: float = field(
+        default=0.02,
+        metadata={
+            "help": "magnitude and --no-regrow movement: the update interval is shortened (down to every "
+            "step) until one commit removes at most this fraction of the weights (the first, largest "
+            "step of the cubic ramp: about 3 s_f u / ramp for an interval of u steps); 0 = "
+            "--update-every as given"
+        },
+    )
     mask_updates: int = field(
         default=0,
         metadata={
-            "help": "magnitude/SPD: this many mask updates spread evenly over the ramp, update k at "
-            "sparsity s_f(1-(1-k/n)^3) (the SPD authors: 12); 0 = every --update-every steps"
+            "help": "magnitude/SPD: prune about this many times over the ramp, as the SPD authors' "
+            "code does (12): every freq = ramp//n steps after the first interval (t = k*freq, "
+            "0 < t < ramp), update k at sparsity s_f(1-(1-k/(ramp//freq))^3); 0 = every "
+            "--update-every steps"
         },
     )
     regrow: bool = field(
@@ -126,6 +141,17 @@ class PruningConfig:
         default=0.5,
         metadata={"help": "soft movement: sigmoid threshold at the end of the ramp (method default 0.1)"},
     )
+    soft_threshold_mode: str = field(
+        default="budget",
+        metadata={
+            "help": "soft movement: budget sets the sigmoid threshold at every step so that the pruned "
+            "fraction over all layers follows the cubic sparsity schedule (as emmental's --global_topk "
+            "derives its threshold from a kept fraction): progressive on any budget; cubic ramps the "
+            "threshold itself from --soft-threshold-init to --soft-threshold-final (emmental's README "
+            "form: the sparsity is whatever the scores reach, committed to the budget at the ramp end)",
+            "choices": ("budget", "cubic"),
+        },
+    )
     soft_lambda: float = field(
         default=10.0,
         metadata={
@@ -152,6 +178,12 @@ class PruningConfig:
             )
         if self.update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {self.update_every}")
+        if not 0.0 <= self.max_step_sparsity <= 1.0:
+            raise ValueError(f"max_step_sparsity must lie in [0, 1], got {self.max_step_sparsity}")
+        if self.soft_threshold_mode not in ("budget", "cubic"):
+            raise ValueError(
+                f"soft_threshold_mode must be 'budget' or 'cubic', got {self.soft_threshold_mode!r}"
+            )
         if self.mask_updates < 0:
             raise ValueError(f"mask_updates must be >= 0, got {self.mask_updates}")
         if not 0.0 <= self.min_density <= 1.0:
@@ -212,13 +244,32 @@ class Pruner:
         self.cooldown_steps = int(round(config.cooldown_fraction * total_steps))
         self.last_update: Optional[int] = None
         self.movement = config.method in ("movement", "soft-movement")
-        # magnitude with a fixed number of updates: step -> update index k (1..n)
+        # magnitude with a fixed number of updates (the SPD authors' ``Prune``, run_glue.py):
+        # the interval is freq = ramp // n, the schedule's denominator ramp // freq, and the
+        # mask is updated after step t = k·freq for 0 < t < ramp (so before the forward of
+        # phase step warm-up + k·freq): the first update one interval in, none at t = 0.
+        # step -> update index k
         self.update_at: Dict[int, int] = {}
+        self.update_denominator = 0
         n = config.mask_updates
         if n and not self.movement:
             ramp = self.total_steps - self.warmup_steps - self.cooldown_steps
-            for k in range(1, n + 1):
-                self.update_at[self.warmup_steps + ((k - 1) * ramp) // n] = k
+            freq = max(ramp // n, 1)
+            self.update_denominator = max(ramp // freq, 1)
+            k = 1
+            while k * freq < ramp:
+                self.update_at[self.warmup_steps + k * freq] = k
+                k += 1
+
+        ramp = max(self.total_steps - self.warmup_steps - self.cooldown_steps, 1)
+        self.update_every = config.update_every
+        if config.max_step_sparsity > 0 and config.sparsity > 0:
+            # the cubic ramp's first interval of u steps removes s_f(1-(1-u/R)^3) <= 3 s_f u / R
+            cap = int(config.max_step_sparsity * ramp / (3.0 * config.sparsity))
+            self.update_every = max(1, min(self.update_every, cap))
+        self._budget_step: Optional[int] = None
+        self._budget_tau = -math.inf
+        self._sample: Optional[List[Tensor]] = None
 
     # ------------------------------------------------------------------ schedule values
     def _sched(self, step: int) -> Tuple[int, int, int]:
@@ -231,13 +282,15 @@ class Pruner:
         """First step that runs at the final sparsity."""
         if self.update_at:
             return max(self.update_at)
+        if self.config.mask_updates and not self.movement:
+            return self.warmup_steps  # a ramp too short for one update: the phase stays dense
         return max(self.total_steps - self.cooldown_steps - 1, 0)
 
     def target_sparsity(self, step: int) -> float:
         if self.update_at:
             done = [k for u, k in self.update_at.items() if u <= step]
-            k, n = (max(done) if done else 0), self.config.mask_updates
-            return self.config.sparsity * (1.0 - (1.0 - k / n) ** 3)
+            k, n = (max(done) if done else 0), self.update_denominator
+            return self.config.sparsity * (1.0 - (1.0 - min(k / n, 1.0)) ** 3)
         s, total, warm = self._sched(step)
         return cubic_sparsity(s, total, self.config.sparsity, 0.0, warm, self.cooldown_steps)
 
@@ -254,9 +307,10 @@ class Pruner:
 
     def lambda_(self, step: int) -> float:
         """emmental's ``λ_t = λ_f · τ_t / τ_f``: rises with the threshold and is held after the
-        ramp (the cubic progress stands in when τ_f = 0)."""
+        ramp (the cubic progress stands in when τ_f = 0, and with ``soft_threshold_mode=budget``,
+        where it equals emmental's for τ_0 = 0)."""
         c = self.config
-        if c.soft_threshold_final != 0:
+        if c.soft_threshold_final != 0 and c.soft_threshold_mode == "cubic":
             return c.soft_lambda * self.threshold(step) / c.soft_threshold_final
         s, total, warm = self._sched(step)
         return soft_movement_lambda(s, total, c.soft_lambda, warm, self.cooldown_steps)
@@ -274,7 +328,7 @@ class Pruner:
         if self.update_at:
             due = step in self.update_at
         else:
-            due = step % c.update_every == 0 or step == self.ramp_end
+            due = step % self.update_every == 0 or step == self.ramp_end
         if not due or step == self.last_update or step > self.total_steps:
             return False
         self.commit(self.target_sparsity(step))
@@ -302,15 +356,62 @@ class Pruner:
                 # regrow: top-k of the scores at every forward; else all pass, commits prune
                 m.density = density if c.regrow else 1.0
             else:
-                m.threshold = self.threshold(step)
+                m.threshold = (
+                    self.budget_threshold(step) if c.soft_threshold_mode == "budget" else self.threshold(step)
+                )
         if c.regrow:
             return False
-        due = step % c.update_every == 0
+        due = step % self.update_every == 0
         if not due or step == self.last_update:
             return False
         self.commit(self.target_sparsity(step))
         self.last_update = step
         return True
+
+    # at most this many scores (a fixed uniform sample over all layers) set the budget threshold
+    BUDGET_SAMPLE = 1 << 18
+
+    @torch.no_grad()
+    def budget_threshold(self, step: int) -> float:
+        """Soft movement's threshold τ on σ(S) for ``step``: the pruned fraction over all layers
+        (committed-pruned entries plus alive ones with σ(S) <= τ) is the cubic schedule's. The
+        quantile is taken over a fixed uniform sample of at most :attr:`BUDGET_SAMPLE` scores
+        (all of them for small models: a full sort of 10M scores costs seconds a step on CPU,
+        the sample's quantile error is ~0.1 %); ties choose the side nearer the target."""
+        if self._budget_step == step:
+            return self._budget_tau
+        target = self.target_sparsity(step)
+        mods = list(self.modules.values())
+        if self._sample is None:
+            total = sum(m.scores.numel() for m in mods)
+            frac = min(1.0, self.BUDGET_SAMPLE / max(total, 1))
+            g = torch.Generator().manual_seed(0x5EED)
+            self._sample = [
+                None
+                if frac >= 1.0
+                else torch.randperm(m.scores.numel(), generator=g)[: max(1, round(frac * m.scores.numel()))]
+                for m in mods
+            ]
+        sig, alive = [], []
+        for m, idx in zip(mods, self._sample):
+            a = reduce_to_blocks(m.mask, m.block, "any").flatten()
+            v = torch.sigmoid(m.scores.detach().float().flatten())
+            if idx is not None:
+                a, v = a[idx], v[idx]
+            sig.append(v)
+            alive.append(a)
+        sig_all, alive_all = torch.cat(sig), torch.cat(alive)
+        n, n_alive = sig_all.numel(), int(alive_all.sum())
+        k = int(round(target * n)) - (n - n_alive)  # alive entries still to drop
+        if k <= 0 or n_alive == 0:
+            tau = -math.inf
+        else:
+            live = sig_all[alive_all]
+            v = float(live.kthvalue(min(k, n_alive)).values)
+            below_eq, below = int((live <= v).sum()), int((live < v).sum())
+            tau = v if abs(below_eq - k) <= abs(below - k) else math.nextafter(v, -math.inf)
+        self._budget_step, self._budget_tau = step, tau
+        return tau
 
     def _importance(self, m: MaskedLinear) -> Tensor:
         if self.config.method == "magnitude":

@@ -92,10 +92,25 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
     eval_batch_size: int = field(default=64, metadata={"help": "batch size of evaluation"})
     weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)"}
+        default=0.0,
+        metadata={
+            "help": "AdamW weight decay (not on biases/LayerNorm); 0 is the default of the SPD authors' "
+            "code, of emmental and of Hugging Face's run_glue"
+        },
     )
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of each LR cycle spent warming up"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    clip_scope: str = field(
+        default="auto",
+        metadata={
+            "help": "which gradients the clipping norm is taken over: all (every parameter of the "
+            "student and of the grafted teacher layers, also those the optimizer does not update: the "
+            "SPD authors' clip_grad_norm_(model.parameters()), with their embeddings, head and "
+            "predecessor layers; costs their gradients), trained (the optimizer's parameters: "
+            "emmental), auto (SPD all, the others trained)",
+            "choices": ("auto", "all", "trained"),
+        },
+    )
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the forward passes"})
     device: str = field(
         default="auto",
@@ -206,6 +221,7 @@ class Phase:
     produces_teacher: bool = False  # the best model of this phase becomes the teacher
     freeze_scores: bool = False  # masks fixed: score binarizers pass everything, scores not trained
     trainable: str = "all"  # which parameters train under --trainable auto (see models.apply_trainable)
+    clip_all: bool = False  # --clip-scope auto: the clipping norm covers every parameter (SPD)
 
 
 def _no_decay(name: str) -> bool:
@@ -366,6 +382,24 @@ def setup_distillation(
     set_attention_implementation(model, impl)
     if teacher is not None:
         set_attention_implementation(teacher, impl)
+
+
+def norm_only_parameters(
+    model: nn.Module, grafter: Optional[Grafter], trainable: List[torch.Tensor]
+) -> List[nn.Parameter]:
+    """The frozen parameters of ``model`` and of the grafted teacher layers, whose gradients
+    the SPD authors' clipping norm includes (``clip_grad_norm_(model.parameters())`` over a
+    model that holds the predecessor layers, with only the successor layers optimised)."""
+    seen = {id(q) for q in trainable}
+    out: List[nn.Parameter] = []
+    params = list(model.parameters())
+    if grafter is not None:
+        params += [q for layer in grafter.teacher_layers for q in layer.parameters()]
+    for q in params:
+        if id(q) not in seen and q.is_floating_point():
+            seen.add(id(q))
+            out.append(q)
+    return out
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -653,7 +687,9 @@ class Trainer:
             pruner = Pruner(masked, phase.pruning, total)
         grafter = None
         if phase.graft is not None:
-            grafter = Grafter(model, teacher, seed=cfg.seed * 7919 + phase_index)
+            grafter = Grafter(
+                model, teacher, seed=cfg.seed * 7919 + phase_index, teacher_mode=phase.graft.teacher_mode
+            )
         if teacher is not None:
             teacher.to(info.device)
         setup_distillation(model, teacher, dcfg, self.attention_for(dcfg), grafter is not None)
@@ -661,6 +697,11 @@ class Trainer:
         score_lr = phase.pruning.score_lr if phase.pruning is not None else phase.lr
         opt = build_optimizer(model, phase.lr, cfg.weight_decay, score_lr)
         trainable = [p_ for g in opt.param_groups for p_ in g["params"]]
+        clip_all = cfg.clip_scope == "all" or (cfg.clip_scope == "auto" and phase.clip_all)
+        # parameters whose gradients only enter the clipping norm (never updated)
+        norm_only = norm_only_parameters(model, grafter, trainable) if clip_all else []
+        for q in norm_only:
+            q.requires_grad_(True)
 
         start = 0
         if resume is not None:
@@ -737,13 +778,19 @@ class Trainer:
                 if loss.requires_grad:  # all layer positions grafted from the frozen teacher: no grad
                     loss.backward()
                 loss_val += float(loss.detach())
-            all_reduce_gradients(trainable, info)
+            logging_now = bool(cfg.log_every) and ((step + 1) % cfg.log_every == 0 or step + 1 == total)
+            # the sparsity this step's forward pass ran at (score masks move with the step)
+            fwd_sparsity = model_sparsity(masked) if (logging_now and masked) else 0.0
+            all_reduce_gradients(trainable + norm_only, info)
+            grad_norm = None
             if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(
-                    [q for q in trainable if q.grad is not None], cfg.max_grad_norm
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [q for q in trainable + norm_only if q.grad is not None], cfg.max_grad_norm
                 )
             opt.step()
             opt.zero_grad(set_to_none=True)
+            for q in norm_only:
+                q.grad = None
             self.global_step += 1
             done = step + 1
 
@@ -763,7 +810,7 @@ class Trainer:
                 if pruner is not None and pruner.config.method == "soft-movement":
                     keys.append("l1")
                 parts_all = {k: all_reduce_sum(parts_sum.get(k, 0.0), info) for k in keys}
-                sparsity = model_sparsity(masked) if masked else 0.0
+                sparsity = fwd_sparsity
                 rec = {
                     "phase": phase.name,
                     "step": done,
@@ -775,6 +822,8 @@ class Trainer:
                     "p": p,
                     **{f"loss_{k}": v for k, v in parts_all.items()},
                     "padding": pad_tokens / all_tokens if all_tokens else 0.0,
+                    # the clipping norm of this step, before clipping
+                    **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}),
                     "tokens": real_tokens,
                     "time_s": round(time.time() - t0, 3),
                 }
@@ -794,6 +843,8 @@ class Trainer:
                 self._save_checkpoint(phase_index, phase, done, total, model, opt, pruner, grafter, p)
         if bar is not None:
             bar.close()
+        for q in norm_only:
+            q.requires_grad_(False)
         return model
 
     def _end_of_epoch(self, phase_index, phase, done, total, model, pruner, epoch) -> None:

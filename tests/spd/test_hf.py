@@ -22,7 +22,8 @@ from spd.trainer import batch_loss  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPD_LOSS = dict(
     alpha_ce=0.0, alpha_logit=1.0, alpha_hidden=1.0, alpha_attn=1.0, temperature=1.0,
-    temperature_squared=False, layer_reduction="sum",
+    temperature_squared=False, logit_class_mean=True, regression_target="labels", layer_reduction="sum",
+    attn_maps_after_dropout=True,
 )  # fmt: skip
 
 
@@ -102,14 +103,19 @@ def test_callback_reaches_the_cubic_schedule_on_time(tok, tmp_path, method):
     for step, got in rec.seen.items():
         if method == "magnitude":  # s_f (1 - (1 - t/T)^3) after step+1 steps, with the plateaus
             want = cubic_sparsity(min(step + 1, total), total, 0.75, 0.0, warm, cool)
-        else:  # SPD: update k of 4 at step floor((k-1) T / 4), sparsity s_f (1 - (1 - k/4)^3)
-            k = max(j for j in range(1, 5) if (j - 1) * total // 4 <= step)
-            want = 0.75 * (1 - (1 - k / 4) ** 3)
+        else:  # SPD (the authors' Prune): freq = T // 4, update k after step k·freq < T,
+            # sparsity s_f (1 - (1 - k/(T // freq))^3)
+            freq = total // 4
+            k = max([j for j in range(1, 5) if j * freq <= step and j * freq < total], default=0)
+            want = 0.75 * (1 - (1 - k / (total // freq)) ** 3)
         assert cb.target_sparsity(step) == pytest.approx(want, abs=1e-12)
         for name, (kept, numel) in got.items():  # every layer keeps exactly round((1 - s_t) numel)
             assert kept == round((1 - want) * numel), (step, name, kept, want)
-    assert all(kept == numel // 4 for kept, numel in rec.seen[total - 1].values())
-    assert cb.sparsity(model) == 0.75
+    if method == "magnitude":
+        assert all(kept == numel // 4 for kept, numel in rec.seen[total - 1].values())
+        assert cb.sparsity(model) == 0.75
+    else:  # 16 steps, freq 4: updates after steps 4, 8, 12; the last at s_f (1 - (1/4)^3)
+        assert cb.sparsity(model) == pytest.approx(0.75 * (1 - 0.25**3), abs=0.01)
 
 
 def spd_loss_by_hand(s, t, attention_mask) -> float:

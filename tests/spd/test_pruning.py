@@ -117,7 +117,12 @@ def test_mask_update_never_resurrects(method):
 
 def test_update_frequency():
     model, mods, cfg = _pruned_model(
-        "magnitude", sparsity=0.9, update_every=4, warmup_fraction=0, cooldown_fraction=0.25
+        "magnitude",
+        sparsity=0.9,
+        update_every=4,
+        warmup_fraction=0,
+        cooldown_fraction=0.25,
+        max_step_sparsity=0.0,  # --update-every as given
     )
     pruner = Pruner(mods, cfg, total_steps=16)  # final sparsity from step 11
     changed = []
@@ -174,6 +179,7 @@ def test_soft_movement_l1_term_and_threshold():
         soft_lambda=3.0,
         soft_threshold_init=0.1,
         soft_threshold_final=0.7,
+        soft_threshold_mode="cubic",  # emmental's threshold ramp
         warmup_fraction=0,
         cooldown_fraction=0,
     )

@@ -15,6 +15,7 @@ from ..methods import (
     method_distill_defaults,
     method_pruning_defaults,
     method_stage_defaults,
+    method_train_defaults,
     prune_phases,
     spd_pruning_config,
 )
@@ -25,7 +26,6 @@ from ._common import (
     Timer,
     add_common_arguments,
     configure_torch,
-    data_and_train_configs,
     fail,
     fingerprint,
     prepare_data,
@@ -83,7 +83,10 @@ def run(args) -> int:
         if method not in PRUNE_METHODS:
             raise ValueError(f"method must be one of {PRUNE_METHODS}, got {method!r}")
         check_file_sections(file_cfg, SECTIONS)
-        data_cfg, train_cfg = data_and_train_configs(args, file_cfg)
+        data_cfg = build_config(DataConfig, args, file_cfg, section="data")
+        train_cfg = build_config(
+            TrainConfig, args, file_cfg, section="train", defaults=method_train_defaults(method)
+        )
         stages = build_config(
             StageConfig, args, file_cfg, section="stages", defaults=method_stage_defaults(method)
         )
