@@ -120,14 +120,15 @@ def test_callback_reaches_the_cubic_schedule_on_time(tok, tmp_path, method):
 
 def spd_loss_by_hand(s, t, attention_mask) -> float:
     """Σ over examples of SPD's distillation loss, in float64 on each example's real tokens:
-    soft cross-entropy of the logits (T = 1) + Σ over hidden states of the mean squared
+    soft cross-entropy of the logits (T = 1) averaged over the classes, as the authors'
+    ``(-p_t · log p_s).mean()`` + Σ over hidden states of the mean squared
     difference over tokens × hidden + Σ over attention maps of the mean over heads × query ×
     key of the squared difference."""
     total = 0.0
     for b in range(attention_mask.shape[0]):
         n = int(attention_mask[b].sum())
         p_t = torch.softmax(t.logits[b].double(), -1)
-        total += -(p_t * torch.log_softmax(s.logits[b].double(), -1)).sum().item()
+        total += -(p_t * torch.log_softmax(s.logits[b].double(), -1)).mean().item()
         for hs, ht in zip(s.hidden_states, t.hidden_states):
             total += (hs[b, :n].double() - ht[b, :n].double()).pow(2).mean().item()
         for a_s, a_t in zip(s.attentions, t.attentions):
